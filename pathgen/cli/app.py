@@ -1,0 +1,31 @@
+"""The root typer app and its command groups; the command modules register onto these."""
+
+import typer
+
+app = typer.Typer(
+    name="pathgen",
+    help="Whole-slide-image tiling and Gen-SIS self-supervised learning for computational pathology.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+pretrain_app = typer.Typer(help="Pretrain encoders: DINO SSL (more Gen-SIS stages to come).", no_args_is_help=True)
+eval_app = typer.Typer(help="Evaluate frozen encoders on labelled patches or image folders.", no_args_is_help=True)
+app.add_typer(pretrain_app, name="pretrain")
+app.add_typer(eval_app, name="eval")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from pathgen import __version__
+
+        typer.echo(__version__)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_print_version, is_eager=True, help="Print the pathgen version and exit."
+    ),
+) -> None:
+    """Whole-slide-image tiling and Gen-SIS self-supervised learning for computational pathology."""
