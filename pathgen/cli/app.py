@@ -1,9 +1,28 @@
 """The root typer app and its command groups; the command modules register onto these."""
 
 import typer
+from typer.core import TyperGroup
+
+from pathgen.errors import PathgenError
+
+
+class _OneLineErrors(TyperGroup):
+    """Print a PathgenError raised by any command as one line on stderr and exit with status 1.
+
+    User errors (a bad file, a bad config) deserve a sentence, not a traceback; bugs still get one.
+    """
+
+    def invoke(self, ctx: typer.Context):
+        try:
+            return super().invoke(ctx)
+        except PathgenError as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(1) from None
+
 
 app = typer.Typer(
     name="pathgen",
+    cls=_OneLineErrors,
     help="Whole-slide-image tiling and Gen-SIS self-supervised learning for computational pathology.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
