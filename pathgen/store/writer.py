@@ -1,0 +1,196 @@
+"""Write one slide's patch store (Zarr v3 or HDF5), atomically.
+
+Layout (both formats):
+    coords           int64   [N, 2]        level-0 (x, y) top-left of each patch
+    images           uint8   [N, S, S, 3]  one patch per chunk, lossless compression (absent with coords_only)
+    tissue_fraction  float32 [N]
+    labels           int64   [N]           optional patch labels, class names in attrs["classes"]
+Attributes sit on the root and, for CLAM/TRIDENT readers, on `coords` as well.
+
+The store is written under `<name>.tmp-<pid>` and renamed into place by `close()` after the `complete`
+attribute is set, so a killed run never leaves anything that `open_store` accepts.
+"""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from pathgen.errors import StoreError
+
+SCHEMA_VERSION = 1
+FORMATS = {"zarr": ".zarr", "h5": ".h5"}
+SHARD_BYTES = 32 * 2**20  # raw bytes per Zarr shard: few files per slide, still cheap to write in one go
+
+
+def shard_patches(patch_size: int) -> int:
+    """Patches per Zarr shard: a power of two whose raw size is at most SHARD_BYTES (and at most 1024)."""
+    n = max(1, SHARD_BYTES // (patch_size * patch_size * 3))
+    return int(min(1024, 2 ** int(np.log2(n))))
+
+
+def temp_path(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+
+
+def remove_path(path: Path) -> None:
+    """Delete a store (a Zarr directory or an HDF5 file) if it exists."""
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _clean_attrs(attrs: dict) -> dict:
+    """Keep JSON/HDF5-friendly values only: HDF5 cannot store None, Zarr cannot store numpy scalars."""
+    out = {}
+    for key, value in attrs.items():
+        if value is None:
+            continue
+        if isinstance(value, np.generic):
+            value = value.item()
+        elif isinstance(value, Path):
+            value = str(value)
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[key] = value
+    return out
+
+
+class PatchStoreWriter:
+    """Create a store of `n` patches whose coords are known up front; fill `images` in slices.
+
+    with PatchStoreWriter(path, coords, tissue_fraction, patch_size=256, attrs={...}) as w:
+        w.write(0, batch)          # batch uint8 [k, S, S, 3] for patches 0..k-1
+    Leaving the block normally finishes the store; an exception removes the temp store.
+    Zarr writes may also come from other processes (`images_path`), one whole shard each.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        coords: np.ndarray,
+        tissue_fraction: np.ndarray,
+        patch_size: int,
+        attrs: dict,
+        fmt: str | None = None,
+        coords_only: bool = False,
+        labels: np.ndarray | None = None,
+        classes: list[str] | None = None,
+    ):
+        self.path = Path(path)
+        self.format = fmt or ("h5" if self.path.suffix == ".h5" else "zarr")
+        if self.format not in FORMATS:
+            raise StoreError(self.path, f"unknown store format {self.format!r} (use zarr or h5)")
+        self.tmp = temp_path(self.path)
+        self.n = len(coords)
+        self.patch_size = patch_size
+        self.coords_only = coords_only
+        self.shard = shard_patches(patch_size)
+        coords = np.asarray(coords, dtype=np.int64).reshape(-1, 2)
+        tissue_fraction = np.asarray(tissue_fraction, dtype=np.float32).reshape(-1)
+        attrs = dict(attrs, patch_size=patch_size, n_patches=self.n, coords_only=coords_only)
+        attrs.update(schema_version=SCHEMA_VERSION, format=self.format, complete=False)
+        if classes is not None:
+            attrs["classes"] = list(classes)
+        self.attrs = _clean_attrs(attrs)
+        remove_path(self.tmp)
+        if self.format == "zarr":
+            self._create_zarr(coords, tissue_fraction, labels)
+        else:
+            self._create_h5(coords, tissue_fraction, labels)
+
+    def _create_zarr(self, coords, tissue_fraction, labels) -> None:
+        import zarr
+        from zarr.codecs import BloscCodec
+
+        s = self.patch_size
+        root = zarr.open_group(self.tmp, mode="w", zarr_format=3, attributes=self.attrs)
+        root.create_array("coords", data=coords, attributes=self.attrs)
+        root.create_array("tissue_fraction", data=tissue_fraction)
+        if labels is not None:
+            root.create_array("labels", data=np.asarray(labels, dtype=np.int64))
+        if not self.coords_only:
+            # One patch per chunk for random access; many chunks per shard file so a slide is a handful of files.
+            # zstd level 1, no shuffle: uint8 RGB gains nothing from shuffling; level 1 keeps up with reading.
+            root.create_array(
+                "images",
+                shape=(self.n, s, s, 3),
+                dtype="uint8",
+                chunks=(1, s, s, 3),
+                shards=(self.shard, s, s, 3),
+                compressors=BloscCodec(cname="zstd", clevel=1, shuffle="noshuffle"),
+                fill_value=255,
+            )
+        self._root = root
+
+    def _create_h5(self, coords, tissue_fraction, labels) -> None:
+        import h5py
+
+        s = self.patch_size
+        f = h5py.File(self.tmp, "w")
+        f.attrs.update(self.attrs)
+        f.create_dataset("coords", data=coords).attrs.update(self.attrs)
+        f.create_dataset("tissue_fraction", data=tissue_fraction)
+        if labels is not None:
+            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
+        if not self.coords_only:
+            # lzf ships with h5py, so CLAM/TRIDENT (or anyone) read the images without a filter plugin.
+            f.create_dataset(
+                "images",
+                shape=(self.n, s, s, 3),
+                dtype="uint8",
+                chunks=(1, s, s, 3) if self.n else None,
+                compression="lzf" if self.n else None,
+            )
+        self._root = f
+
+    @property
+    def images_path(self) -> Path:
+        """Where another process can open the Zarr `images` array to write its own shards."""
+        return self.tmp / "images"
+
+    def write(self, start: int, images: np.ndarray) -> None:
+        """Store patches start..start+len(images)-1. For Zarr, start at a shard boundary to avoid re-writing shards."""
+        if self.coords_only:
+            return
+        self._root["images"][start : start + len(images)] = images
+
+    def close(self) -> Path:
+        """Mark the store complete and move it to its final name (replacing an older store there)."""
+        if self.format == "zarr":
+            self._root.attrs["complete"] = True
+            self._root["coords"].attrs["complete"] = True
+        else:
+            self._root.attrs["complete"] = True
+            self._root["coords"].attrs["complete"] = True
+            self._root.close()
+        remove_path(self.path)
+        os.replace(self.tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Throw the unfinished store away."""
+        if self.format == "h5":
+            try:
+                self._root.close()
+            except Exception:  # noqa: BLE001 - already closed or broken; we delete it anyway
+                pass
+        remove_path(self.tmp)
+
+    def __enter__(self) -> "PatchStoreWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_images_shard(images_path: str | Path, start: int, images: np.ndarray) -> None:
+    """Write one shard of patches into a Zarr store being built by a PatchStoreWriter in another process."""
+    import zarr
+
+    zarr.open_array(images_path, mode="r+")[start : start + len(images)] = images
