@@ -1,0 +1,324 @@
+"""A synthetic but real cohort: pyramidal Aperio SVS slides that OpenSlide opens, plus labels.csv.
+
+Tissue is scikit-image's bundled IHC micrograph (no download), tiled seamlessly and cut into irregular
+regions on white glass. "positive" slides also hold a few small regions of a second, clearly distinct
+texture (the same micrograph restained through HED colour deconvolution: dense, dark, purple), for the
+MIL stage. Everything is drawn from one seed, and slides are written tile by tile, so memory stays
+bounded even for a 40,000 x 30,000 benchmark slide.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+TileFn = Callable[[int, int, int, int], np.ndarray]
+
+_GLASS = (244, 243, 240)
+_FIELD_CELLS = 64  # resolution of the low-frequency field that shapes tissue regions (cells on the long side)
+
+
+# --------------------------------------------------------------------------- SVS writing
+
+
+def _aperio_description(width: int, height: int, tile_size: int, mpp: float, magnification: float, quality: int) -> str:
+    # OpenSlide recognises Aperio files by this prefix and reads "key = value" pairs after the first '|':
+    # MPP becomes openslide.mpp-x/y and AppMag becomes openslide.objective-power.
+    return (
+        f"Aperio Image Library v12.0.0 pathgen\r\n{width}x{height} [0,0 {width}x{height}] "
+        f"({tile_size}x{tile_size}) JPEG/RGB Q={quality}|AppMag = {magnification:g}|MPP = {mpp:g}"
+    )
+
+
+def _pad_tile(tile: np.ndarray, tile_size: int) -> np.ndarray:
+    """Edge tiles are padded with white glass to the full tile shape that tifffile expects."""
+    h, w = tile.shape[:2]
+    if h == tile_size and w == tile_size:
+        return np.ascontiguousarray(tile)
+    out = np.full((tile_size, tile_size, 3), 255, np.uint8)
+    out[:h, :w] = tile
+    return out
+
+
+def _tiles(read: Callable[[int, int, int, int], np.ndarray], width: int, height: int, tile_size: int) -> Iterator:
+    """Yield the tiles of a width x height image in TIFF order (row-major), padded to tile_size."""
+    for y in range(0, height, tile_size):
+        for x in range(0, width, tile_size):
+            w, h = min(tile_size, width - x), min(tile_size, height - y)
+            yield _pad_tile(read(x, y, w, h), tile_size)
+
+
+def _block_mean(img: np.ndarray, factor: int) -> np.ndarray:
+    """Downsample by an integer factor with area averaging; a partial block at the edge averages what it has."""
+    from PIL import Image
+
+    return np.asarray(Image.fromarray(img).reduce(factor))
+
+
+def write_svs(
+    path: str | Path,
+    width: int,
+    height: int,
+    tile_fn: TileFn,
+    mpp: float,
+    magnification: float,
+    tile_size: int = 256,
+    quality: int = 85,
+    level_factor: int = 4,
+    min_level_side: int | None = None,
+) -> None:
+    """Write a pyramidal, JPEG-tiled Aperio SVS with `tile_fn(x, y, w, h) -> uint8 RGB [h, w, 3]` as level 0.
+
+    Levels shrink by `level_factor` (Aperio uses 4) until the next one would be smaller than
+    `min_level_side` (default: one tile) on its long side. Level 0 is streamed tile by tile; each coarser
+    level is built from a disk-backed (memmap) copy of the level above, so RAM use does not grow with
+    the slide. A small stripped thumbnail sits in directory 1, where Aperio and OpenSlide expect it.
+    """
+    import tifffile
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    min_level_side = min_level_side or tile_size
+    sizes = [(width, height)]
+    while max(sizes[-1]) // level_factor >= min_level_side:
+        w, h = sizes[-1]
+        sizes.append((math.ceil(w / level_factor), math.ceil(h / level_factor)))
+
+    common = dict(
+        photometric="rgb",
+        compression="jpeg",
+        compressionargs={"level": quality},
+        metadata=None,  # no tifffile JSON: the description must stay Aperio's
+    )
+    desc = _aperio_description(width, height, tile_size, mpp, magnification, quality)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".svs-") as tmp, tifffile.TiffWriter(
+        path, bigtiff=width * height > 2**31
+    ) as tif:
+        # Levels 1.. are filled as a side effect of streaming the level above: keep them on disk.
+        below = [
+            np.lib.format.open_memmap(Path(tmp) / f"level{i}.npy", mode="w+", dtype=np.uint8, shape=(h, w, 3))
+            for i, (w, h) in enumerate(sizes[1:], start=1)
+        ]
+
+        def level_reader(level: int) -> Callable[[int, int, int, int], np.ndarray]:
+            def read(x: int, y: int, w: int, h: int) -> np.ndarray:
+                tile = tile_fn(x, y, w, h) if level == 0 else below[level - 1][y : y + h, x : x + w]
+                if level + 1 < len(sizes):  # feed the next level down, one reduced tile at a time
+                    small = _block_mean(np.ascontiguousarray(tile), level_factor)
+                    sy, sx = y // level_factor, x // level_factor
+                    below[level][sy : sy + small.shape[0], sx : sx + small.shape[1]] = small
+                return tile
+
+            return read
+
+        for level, (w, h) in enumerate(sizes):
+            tiles = _tiles(level_reader(level), w, h, tile_size)
+            tif.write(
+                tiles,
+                shape=(h, w, 3),
+                dtype=np.uint8,
+                tile=(tile_size, tile_size),
+                description=desc if level == 0 else f"Aperio Image Library pathgen\r\n{w}x{h} level {level}",
+                subfiletype=0 if level == 0 else 1,
+                **common,
+            )
+            if level == 0:
+                tif.write(_thumbnail(below[-1] if below else None, tile_fn, width, height), description=(
+                    f"Aperio Image Library pathgen\r\n{width}x{height} -> thumbnail"
+                ), **common)
+
+
+def _thumbnail(coarsest: np.ndarray | None, tile_fn: TileFn, width: int, height: int, side: int = 768) -> np.ndarray:
+    """A small overview for TIFF directory 1, from the coarsest level (or level 0 if it is the only one)."""
+    from PIL import Image
+
+    img = coarsest if coarsest is not None else tile_fn(0, 0, width, height)
+    im = Image.fromarray(np.ascontiguousarray(img))
+    im.thumbnail((side, side), Image.Resampling.LANCZOS)
+    return np.asarray(im)
+
+
+# --------------------------------------------------------------------------- textures and layout
+
+
+@cache
+def _textures() -> tuple[np.ndarray, np.ndarray]:
+    """(normal, lesion) seamless 1024x1024 RGB textures from the bundled IHC micrograph.
+
+    Mirroring the 512x512 micrograph makes a tile that repeats without seams. The lesion texture is the
+    same tissue restained in HED space: hematoxylin boosted, DAB removed, eosin added, then zoomed
+    out 2x so it is both denser and a clearly different colour (dark purple instead of brown/blue).
+    """
+    from skimage import color, data
+
+    ihc = data.immunohistochemistry()
+    normal = _mirror(ihc)
+    h = color.rgb2hed(ihc)[..., 0]
+    restained = np.stack([h * 3.0 + 0.03, 0.5 * h + 0.02, np.zeros_like(h)], axis=-1)
+    lesion = (np.clip(color.hed2rgb(restained), 0, 1) * 255).astype(np.uint8)
+    lesion = _mirror(np.asarray(lesion[::2, ::2]))
+    lesion = np.tile(lesion, (2, 2, 1))  # back to 1024x1024, twice as many (smaller) nuclei per area
+    return normal, lesion
+
+
+def _mirror(img: np.ndarray) -> np.ndarray:
+    top = np.concatenate([img, img[:, ::-1]], axis=1)
+    return np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
+
+
+def _texture_at(tex: np.ndarray, x: int, y: int, w: int, h: int, offset: tuple[int, int]) -> np.ndarray:
+    th, tw = tex.shape[:2]
+    ys = (np.arange(y, y + h) + offset[1]) % th
+    xs = (np.arange(x, x + w) + offset[0]) % tw
+    return tex[np.ix_(ys, xs)]
+
+
+@dataclass
+class SyntheticSlide:
+    """A procedural slide: irregular tissue on glass, optional lesion blobs; `tile` renders any region.
+
+    The layout is a smooth random field on a coarse grid, bilinearly upsampled per tile, so a tile costs
+    the same whatever the slide size, and the same seed always gives the same pixels.
+    """
+
+    width: int
+    height: int
+    seed: int = 0
+    positive: bool = False
+    blank: bool = False
+    tissue_cover: float = 0.45
+    layout: np.ndarray = field(init=False, repr=False)
+    cell: float = field(init=False)
+    lesions: list[tuple[float, float, float]] = field(init=False, default_factory=list)  # (cx, cy, r) level 0
+
+    def __post_init__(self) -> None:
+        from scipy import ndimage
+
+        rng = np.random.default_rng(self.seed)
+        self.cell = max(self.width, self.height) / _FIELD_CELLS
+        gh, gw = math.ceil(self.height / self.cell) + 2, math.ceil(self.width / self.cell) + 2
+        noise = ndimage.gaussian_filter(rng.standard_normal((gh, gw)), sigma=4.0, mode="wrap")
+        # Fade to glass at the borders so tissue sits on the slide like a real section.
+        yy, xx = np.meshgrid(np.linspace(-1, 1, gh), np.linspace(-1, 1, gw), indexing="ij")
+        noise = noise / noise.std() - 3.0 * np.maximum(np.abs(xx), np.abs(yy)) ** 4
+        thr = np.quantile(noise, 1.0 - self.tissue_cover)
+        self.layout = (noise - thr).astype(np.float32)  # > 0 is tissue
+        self.offset = tuple(int(v) for v in rng.integers(0, 1024, 2))
+        if self.positive:
+            self.lesions = self._place_lesions(rng)
+
+    def _place_lesions(self, rng: np.random.Generator) -> list[tuple[float, float, float]]:
+        """2-4 small discs centred deep inside tissue (field well above zero)."""
+        deep = np.argwhere(self.layout > np.quantile(self.layout[self.layout > 0], 0.5))
+        n = int(rng.integers(2, 5))
+        side = min(self.width, self.height)
+        picks = deep[rng.choice(len(deep), size=n, replace=False)]
+        return [
+            ((gx + 0.5) * self.cell, (gy + 0.5) * self.cell, float(rng.uniform(0.05, 0.09) * side))
+            for gy, gx in picks
+        ]
+
+    def _field_at(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        from scipy import ndimage
+
+        gy = (np.arange(y, y + h) + 0.5) / self.cell
+        gx = (np.arange(x, x + w) + 0.5) / self.cell
+        coords = np.stack(np.meshgrid(gy, gx, indexing="ij"))
+        return ndimage.map_coordinates(self.layout, coords, order=1, mode="nearest")
+
+    def tile(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """uint8 RGB [h, w, 3] of the level-0 region at (x, y)."""
+        out = self._glass(x, y, w, h)
+        if self.blank:
+            return out
+        alpha = np.clip(self._field_at(x, y, w, h) * 4.0, 0.0, 1.0)  # soft tissue edge over ~1/4 field unit
+        if not alpha.any():
+            return out
+        normal, lesion = _textures()
+        tissue = _texture_at(normal, x, y, w, h, self.offset).astype(np.float32)
+        if self.lesions:
+            yy, xx = np.meshgrid(np.arange(y, y + h), np.arange(x, x + w), indexing="ij")
+            inside = np.zeros((h, w), np.float32)
+            for cx, cy, r in self.lesions:
+                d = np.hypot(xx - cx, yy - cy) / r
+                inside = np.maximum(inside, np.clip((1.0 - d) * 8.0, 0.0, 1.0))
+            if inside.any():
+                lt = _texture_at(lesion, x, y, w, h, self.offset).astype(np.float32)
+                tissue = tissue * (1 - inside[..., None]) + lt * inside[..., None]
+        a = alpha[..., None]
+        return (tissue * a + out * (1 - a)).round().astype(np.uint8)
+
+    def _glass(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Slightly warm, slightly noisy glass, like a real scan's background (and a fair test for Otsu)."""
+        rng = np.random.default_rng((self.seed, x, y))  # per-tile stream: any tile renders the same alone
+        noise = rng.integers(-2, 3, (h, w, 1), dtype=np.int16)
+        return (np.array(_GLASS, np.int16) + noise).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- public entry points
+
+
+def make_demo_cohort(
+    out_dir: str | Path,
+    n_slides: int = 6,
+    seed: int = 0,
+    width: int = 4096,
+    height: int = 3072,
+    mpp: float = 0.25,
+) -> Path:
+    """Write `<out_dir>/slides/slide_NNN.svs` and `<out_dir>/labels.csv`; return the labels.csv path.
+
+    Labels are balanced (positive first half, then shuffled by the seed). The `slide` column holds the
+    slide path relative to labels.csv, so the CSV itself is a valid slide list for `pathgen tile`.
+    """
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    positive = np.arange(n_slides) < (n_slides + 1) // 2
+    rng.shuffle(positive)
+    rows = []
+    for i, pos in enumerate(positive):
+        rel = Path("slides") / f"slide_{i:03d}.svs"
+        synth = SyntheticSlide(width, height, seed=int(rng.integers(2**31)), positive=bool(pos))
+        write_svs(out_dir / rel, width, height, synth.tile, mpp=mpp, magnification=round(10.0 / mpp, 2))
+        rows.append({"slide": rel.as_posix(), "label": "positive" if pos else "negative"})
+    labels = out_dir / "labels.csv"
+    with labels.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["slide", "label"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return labels
+
+
+def make_demo_patches(out_dir: str | Path, n_per_class: int = 50, size: int = 64, seed: int = 0) -> Path:
+    """An ImageFolder `out_dir/{normal,lesion}/*.png` of random crops from the two tissue textures."""
+    from PIL import Image
+
+    out_dir = Path(out_dir)
+    rng = np.random.default_rng(seed)
+    for name, tex in zip(("normal", "lesion"), _textures(), strict=True):
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            y, x = rng.integers(0, tex.shape[0] - size), rng.integers(0, tex.shape[1] - size)
+            Image.fromarray(tex[y : y + size, x : x + size]).save(out_dir / name / f"{name}_{i:04d}.png")
+    return out_dir
+
+
+def make_large_slide(path: str | Path, width: int = 40000, height: int = 30000, seed: int = 0) -> Path:
+    """A big 40x (0.25 mpp) positive slide for benchmarks, streamed to disk tile by tile."""
+    synth = SyntheticSlide(width, height, seed=seed, positive=True)
+    write_svs(path, width, height, synth.tile, mpp=0.25, magnification=40)
+    return Path(path)
+
+
+def make_blank_slide(path: str | Path, width: int = 1024, height: int = 768, mpp: float = 0.25) -> Path:
+    """An all-glass slide (no tissue): the tiler must give it zero patches."""
+    synth = SyntheticSlide(width, height, blank=True)
+    write_svs(path, width, height, synth.tile, mpp=mpp, magnification=round(10.0 / mpp, 2))
+    return Path(path)

@@ -1,0 +1,230 @@
+"""Open whole-slide images behind one small interface, with a resolution you can trust.
+
+OpenSlide (through openslide-python + openslide-bin) reads SVS, NDPI, MRXS, SCN, generic tiled TIFF and
+DICOM; plain PNG/JPEG images open as one-level slides via its PIL-backed ImageSlide. TIAToolbox's
+WSIReader is an optional backend. Microns per pixel come from, in order: the caller's override, the
+slide metadata, the objective power (10 / power), else a SlideError: a silently wrong mpp is the most
+common way tiling goes wrong, so we never guess.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pathgen.errors import SlideError
+
+NO_MPP = "no microns-per-pixel in metadata or objective power; pass --slide-mpp or an mpp column"
+_LEVEL_TOLERANCE = 0.01  # a level 1% coarser than asked still counts (pyramid downsamples are rarely exact)
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+class _OpenSlideBackend:
+    """openslide.OpenSlide for real slides, openslide.ImageSlide (PIL) for plain images."""
+
+    def __init__(self, path: Path):
+        import openslide
+
+        fmt = openslide.OpenSlide.detect_format(str(path))
+        self._image = None
+        try:
+            if fmt:
+                self.osr = openslide.OpenSlide(str(path))
+            else:
+                self._image = _load_image(path)
+                self.osr = openslide.ImageSlide(self._image)
+        except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError) as err:
+            raise SlideError(path, f"OpenSlide cannot read this {fmt} file: {_one_line(err)}") from None
+        self.format = fmt or f"image/{self._image.format.lower()}"
+        props = self.osr.properties
+        self.level_dimensions = [tuple(map(int, d)) for d in self.osr.level_dimensions]
+        self.level_downsamples = [float(d) for d in self.osr.level_downsamples]
+        self.metadata_mpp = _mean_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
+        self.objective_power = _positive_float(props.get("openslide.objective-power"))
+
+    def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        return np.asarray(self.osr.read_region(xy, level, size))  # RGBA
+
+    def close(self) -> None:
+        self.osr.close()
+        if self._image is not None:
+            self._image.close()
+
+
+def _load_image(path: Path):
+    """Open and decode a plain image with PIL now, so truncation or a non-image fails at open time."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        img = Image.open(path)
+        img.load()
+    except UnidentifiedImageError:
+        raise SlideError(path, "not a slide or image that OpenSlide or PIL can read") from None
+    except Image.DecompressionBombError:
+        raise SlideError(path, "plain image too large for PIL; convert it to a pyramidal TIFF") from None
+    except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt image data
+        raise SlideError(path, f"corrupt image: {_one_line(err)}") from None
+    return img
+
+
+class _TiatoolboxBackend:
+    """tiatoolbox.wsicore.WSIReader, for formats or behaviour OpenSlide lacks (optional extra)."""
+
+    def __init__(self, path: Path):
+        try:
+            from tiatoolbox.wsicore.wsireader import WSIReader
+        except ImportError:
+            raise SlideError(path, "reader 'tiatoolbox' is not installed; pip install pathgen[tiatoolbox]") from None
+        try:
+            self.wsi = WSIReader.open(path)
+            info = self.wsi.info
+        except Exception as err:  # tiatoolbox raises many exception types for unreadable files
+            raise SlideError(path, f"tiatoolbox cannot open: {_one_line(err)}") from None
+        self.format = f"tiatoolbox/{type(self.wsi).__name__}"
+        self.level_dimensions = [tuple(map(int, d)) for d in info.level_dimensions]
+        self.level_downsamples = [float(d) for d in info.level_downsamples]
+        mpp = info.mpp
+        self.metadata_mpp = _mean_mpp(*mpp) if mpp is not None else None
+        self.objective_power = _positive_float(info.objective_power)
+
+    def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        # Baseline (level-0) location, output size in pixels of `level`, like OpenSlide's read_region.
+        return np.asarray(self.wsi.read_rect(xy, size, resolution=level, units="level", pad_mode="constant"))
+
+    def close(self) -> None:
+        close = getattr(self.wsi, "close", None)
+        if close:
+            close()
+
+
+_BACKENDS = {"openslide": _OpenSlideBackend, "tiatoolbox": _TiatoolboxBackend}
+
+
+def _positive_float(value: Any) -> float | None:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return None
+    return v if math.isfinite(v) and v > 0 else None
+
+
+def _mean_mpp(x: Any, y: Any) -> float | None:
+    vals = [v for v in (_positive_float(x), _positive_float(y)) if v is not None]
+    return sum(vals) / len(vals) if vals else None
+
+
+def _composite_on_white(region: np.ndarray) -> np.ndarray:
+    """RGBA (straight alpha, as openslide-python returns it) -> RGB over white glass."""
+    if region.ndim == 3 and region.shape[2] == 3:
+        return np.ascontiguousarray(region, dtype=np.uint8)
+    rgb, alpha = region[..., :3].astype(np.uint16), region[..., 3:4].astype(np.uint16)
+    if alpha.min() == 255:
+        return np.ascontiguousarray(region[..., :3])
+    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+
+
+class Slide:
+    """One open whole-slide image. Coordinates are level-0 (x, y); arrays are uint8 RGB, H x W x 3."""
+
+    def __init__(self, path: str | Path, reader: str = "openslide", mpp: float | None = None):
+        self.path = Path(path)
+        self.reader = reader
+        if reader not in _BACKENDS:
+            raise SlideError(self.path, f"unknown reader {reader!r}; choose one of {', '.join(_BACKENDS)}")
+        if not self.path.is_file():
+            raise SlideError(self.path, "no such file" if not self.path.exists() else "not a file")
+        self._backend = _BACKENDS[reader](self.path)
+        b = self._backend
+        self.format: str = b.format
+        self.level_dimensions: list[tuple[int, int]] = b.level_dimensions
+        self.level_downsamples: list[float] = b.level_downsamples
+        self.dimensions: tuple[int, int] = self.level_dimensions[0]
+        self.objective_power: float | None = b.objective_power
+        if mpp is not None:
+            if _positive_float(mpp) is None:
+                self.close()
+                raise SlideError(self.path, f"mpp override must be a positive number, got {mpp!r}")
+            self.mpp, self.mpp_source = float(mpp), "override"
+        elif b.metadata_mpp is not None:
+            self.mpp, self.mpp_source = b.metadata_mpp, "metadata"
+        elif b.objective_power is not None:
+            self.mpp, self.mpp_source = 10.0 / b.objective_power, "objective-power"  # 40x ~ 0.25 um/px
+        else:
+            self.close()
+            raise SlideError(self.path, NO_MPP)
+
+    @property
+    def level_count(self) -> int:
+        return len(self.level_dimensions)
+
+    def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        """uint8 RGB [h, w, 3] of `size` (w, h) pixels at `level`, top-left at level-0 `xy`, on white."""
+        try:
+            region = self._backend.read_region((int(xy[0]), int(xy[1])), int(level), (int(size[0]), int(size[1])))
+        except Exception as err:  # a corrupt tile deep inside a slide surfaces only here
+            raise SlideError(self.path, f"cannot read region {tuple(xy)} level {level}: {_one_line(err)}") from None
+        return _composite_on_white(region)
+
+    def best_level_for_downsample(self, downsample: float) -> int:
+        """The coarsest level whose downsample does not exceed `downsample` (1% tolerance); level 0 at worst.
+
+        Reading there and shrinking never upsamples, so no detail is invented.
+        """
+        ok = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + _LEVEL_TOLERANCE)]
+        return max(ok, key=lambda i: self.level_downsamples[i]) if ok else 0
+
+    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+        """(uint8 RGB thumbnail whose long side is <= max_side, level-0 pixels per thumbnail pixel).
+
+        Reads the best pyramid level in bounded chunks and box-reduces each by an integer factor, so memory
+        stays proportional to the thumbnail even for a huge slide with no pyramid.
+        """
+        from PIL import Image
+
+        width, height = self.dimensions
+        want = max(1.0, max(width, height) / max_side)
+        level = self.best_level_for_downsample(want)
+        lw, lh = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        factor = max(1, math.ceil(max(lw, lh) / max_side))
+        out = np.full((math.ceil(lh / factor), math.ceil(lw / factor), 3), 255, np.uint8)
+        chunk = factor * max(1, 4096 // factor)  # level pixels per chunk side, a multiple of factor
+        for cy in range(0, lh, chunk):
+            for cx in range(0, lw, chunk):
+                w, h = min(chunk, lw - cx), min(chunk, lh - cy)
+                region = self.read_region((round(cx * ds), round(cy * ds)), level, (w, h))
+                small = np.asarray(Image.fromarray(region).reduce(factor)) if factor > 1 else region
+                ty, tx = cy // factor, cx // factor
+                out[ty : ty + small.shape[0], tx : tx + small.shape[1]] = small
+        return out, ds * factor
+
+    def close(self) -> None:
+        backend = getattr(self, "_backend", None)
+        if backend is not None:
+            backend.close()
+            self._backend = None
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        w, h = self.dimensions
+        return f"Slide({str(self.path)!r}, {self.format}, {w}x{h}, {self.level_count} levels, mpp={self.mpp:.4g})"
+
+
+def open_slide(path: str | Path, reader: str = "openslide", mpp: float | None = None) -> Slide:
+    """Open a slide (or a plain image) for reading; SlideError with a one-line reason if that is impossible.
+
+    `mpp` overrides the level-0 microns per pixel from the metadata (e.g. from the CLI or a CSV column).
+    """
+    return Slide(path, reader=reader, mpp=mpp)
