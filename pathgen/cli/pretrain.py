@@ -1,3 +1,47 @@
-"""CLI commands (being written)."""
+"""`pathgen pretrain ssl`: DINO self-supervised pretraining from a YAML config."""
 
-from pathgen.cli.app import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from pathgen.cli.app import pretrain_app
+
+
+@pretrain_app.command("ssl")
+def ssl(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/ssl/tiny_cpu.yaml."),
+    overrides: list[str] = typer.Argument(
+        None, help="Dotted overrides KEY=VALUE, e.g. optim.base_lr=1e-3 run.max_steps=50 data.num_workers=0."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Output directory (same as run.out_dir=...)."),
+    resume: str = typer.Option(
+        None, "--resume", help="Checkpoint to continue from, or 'auto' for <out>/checkpoints/last.pt if present."
+    ),
+    export_only: Path = typer.Option(
+        None, "--export-only", help="Only re-export the teacher encoder of this checkpoint, then exit."
+    ),
+) -> None:
+    """DINO pretraining of a timm ViT on patch stores or image folders.
+
+    Writes <out>/config.yaml, checkpoints/, tensorboard/ and the teacher backbone as encoder.safetensors
+    (+ encoder.json). Multi-GPU / multi-node / CPU-gloo: launch with
+    `torchrun --nproc_per_node N -m pathgen pretrain ssl ...`.
+    """
+    if export_only is not None:
+        from pathgen.ssl.export import export_from_checkpoint
+
+        typer.echo(f"encoder -> {export_from_checkpoint(export_only, out)}")
+        return
+
+    from pathgen.config import SSLConfig, load_config
+    from pathgen.distributed import cleanup
+    from pathgen.ssl.trainer import train
+
+    overrides = list(overrides or [])
+    if out is not None:
+        overrides.append(f"run.out_dir={out}")
+    cfg = load_config(SSLConfig, config, overrides)
+    try:
+        train(cfg, resume=resume)
+    finally:
+        cleanup()

@@ -1,0 +1,61 @@
+"""The DINO loss, split into its pieces so that other targets (e.g. Gen-SIS mixed targets) can reuse them.
+
+    targets = loss.teacher_targets(teacher_logits, temp)       # centre + sharpen, per global crop
+    value   = loss.cross_entropy(targets, student_logits)      # H(t_i, s_j) over pairs i != j
+    loss.update_center(teacher_logits)                         # EMA of the teacher's batch mean
+
+`forward` is the three together. Logits come as [n_crops * B, K] tensors, crop-major, as MultiCropModel emits.
+"""
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pathgen.distributed import all_reduce_mean
+
+
+class DINOLoss(nn.Module):
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp = student_temp
+        self.center_momentum = center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))  # a buffer, so it is saved with the state dict
+
+    @torch.no_grad()
+    def teacher_targets(self, teacher_logits: torch.Tensor, teacher_temp: float, n_crops: int) -> list[torch.Tensor]:
+        """Centre then sharpen the teacher's logits: softmax((t - c) / T_t), one [B, K] tensor per crop."""
+        probs = F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
+        return list(probs.chunk(n_crops))
+
+    def cross_entropy(
+        self, targets: list[torch.Tensor], student_logits: torch.Tensor, n_crops: int, skip_same: bool = True
+    ) -> torch.Tensor:
+        """Mean over pairs (target i, student crop j) of -sum_k t_ik log softmax(s_j / T_s)_k.
+
+        With `skip_same`, pairs where the student sees the very crop the target came from (i == j) are left out,
+        as in DINO; pass targets that come from elsewhere (a mixed target) with `skip_same=False`.
+        """
+        log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1).chunk(n_crops)
+        total, n_terms = 0.0, 0
+        for i, target in enumerate(targets):
+            for j, log_p in enumerate(log_probs):
+                if skip_same and i == j:
+                    continue
+                total = total + torch.sum(-target * log_p, dim=-1).mean()
+                n_terms += 1
+        return total / n_terms
+
+    @torch.no_grad()
+    def update_center(self, teacher_logits: torch.Tensor) -> None:
+        """EMA of the teacher's mean output over the whole (all-process) batch."""
+        batch_center = all_reduce_mean(teacher_logits.float().mean(dim=0, keepdim=True))
+        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
+
+    def forward(
+        self, student_logits: torch.Tensor, teacher_logits: torch.Tensor, teacher_temp: float, n_student_crops: int
+    ) -> torch.Tensor:
+        n_teacher_crops = teacher_logits.shape[0] * n_student_crops // student_logits.shape[0]
+        targets = self.teacher_targets(teacher_logits, teacher_temp, n_teacher_crops)
+        loss = self.cross_entropy(targets, student_logits, n_student_crops)
+        self.update_center(teacher_logits)
+        return loss
