@@ -1,3 +1,68 @@
-"""CLI commands (being written)."""
+"""`pathgen tile`: whole-slide images into one patch store per slide, plus manifest, summary and QC images."""
 
-from pathgen.cli.app import app  # noqa: F401
+from pathlib import Path
+
+import typer
+
+from pathgen.cli.app import app
+
+
+@app.command()
+def tile(
+    slides: list[Path] = typer.Argument(
+        ...,
+        help="Slide files, folders (searched recursively) or CSV lists (column 'slide' or 'path', "
+        "optional 'mpp' column overriding the slide's metadata).",
+        show_default=False,
+    ),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder for the stores, manifest.csv, summary.txt, qc/."),
+    mpp: float = typer.Option(0.5, "--mpp", help="Target resolution in microns per pixel (0.5 ~ 20x, 0.25 ~ 40x)."),
+    patch_size: int = typer.Option(256, "--patch-size", help="Patch side in pixels at the target resolution."),
+    fmt: str = typer.Option("zarr", "--format", help="Store format: zarr (v3, sharded) or h5 (CLAM/TRIDENT layout)."),
+    workers: int = typer.Option(1, "--workers", "-j", help="Worker processes, shared across and within slides."),
+    shard: str = typer.Option(
+        "0/1", "--shard", help="Tile only every N-th slide starting at I (I/N, 0-based), e.g. $SLURM_ARRAY_TASK_ID/8."
+    ),
+    tissue_threshold: float = typer.Option(
+        0.5, "--tissue-threshold", help="Keep a patch when at least this fraction of it is tissue."
+    ),
+    coords_only: bool = typer.Option(False, "--coords-only", help="Store coordinates and tissue fractions, no pixels."),
+    reader: str = typer.Option("openslide", "--reader", help="Slide reader: openslide or tiatoolbox (if installed)."),
+    slide_mpp: float | None = typer.Option(
+        None, "--slide-mpp", help="Level-0 mpp for slides whose metadata lacks it (a CSV 'mpp' column wins)."
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Re-tile slides that already have a finished store."),
+) -> None:
+    """Tile whole-slide images into patch stores at a target resolution.
+
+    Tissue is found on a thumbnail; patches with enough tissue are read row-major from the best pyramid level.
+
+    Writes <out>/<slide>.zarr (or .h5), <out>/qc/<slide>.png, manifest.csv and summary.txt.
+
+    Re-running skips slides already tiled with the same parameters and retries failed ones.
+
+    Exits with status 1 if any slide failed; the reasons are in the manifest.
+    """
+    from pathgen.slide.tiler import parse_shard, print_summary, tile_cohort
+    from pathgen.store.manifest import read_manifest
+
+    manifest = tile_cohort(
+        slides,
+        out,
+        mpp=mpp,
+        patch_size=patch_size,
+        fmt=fmt,
+        workers=workers,
+        shard=parse_shard(shard),
+        tissue_threshold=tissue_threshold,
+        coords_only=coords_only,
+        reader=reader,
+        slide_mpp=slide_mpp,
+        overwrite=overwrite,
+    )
+    print_summary(manifest)
+    typer.echo(f"manifest: {manifest}")
+    failed = sum(row.status == "failed" for row in read_manifest(manifest))
+    if failed:
+        typer.echo(f"error: {failed} slide(s) failed, see {manifest}", err=True)
+        raise typer.Exit(1)

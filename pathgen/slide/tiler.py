@@ -187,7 +187,11 @@ def read_chunk(task: ChunkTask) -> tuple[str, int, object]:
 
 
 def _one_line(err: BaseException) -> str:
+    """The manifest's error cell: one line, without repeating the slide path the row already names."""
     text = str(err) if isinstance(err, PathgenError) else f"{type(err).__name__}: {err}"
+    prefix = f"{getattr(err, 'path', None)}: "
+    if text.startswith(prefix):
+        text = text[len(prefix) :]
     return " ".join(text.split())[:500]
 
 
