@@ -1,0 +1,1 @@
+"""Training data: multi-crop augmentations and datasets over image folders and patch stores."""

@@ -1,0 +1,1 @@
+"""Frozen-encoder evaluation: features, weighted kNN (DINO), linear probe, encoder resolution."""

@@ -1,0 +1,207 @@
+"""Image augmentations: DINO's multi-crop (natural-image and H&E presets) and the evaluation transform.
+
+Everything runs on uint8 CHW tensors with torchvision.transforms.v2 for as long as possible: the image is
+converted once, each crop is cut and resized *before* the colour operations (so those touch 224² or 96²
+pixels, not the full patch), and the conversion to float happens last. All randomness comes from torch's
+RNG, so `torch.manual_seed` (and the per-worker seeding of DataLoader) makes the crops reproducible.
+"""
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+PRESETS = ("natural", "histo")
+
+# Gaussian blur with sigma ~ U(0.1, 2.0) pixels, as DINO's PIL GaussianBlur(radius=sigma).
+BLUR_SIGMA = (0.1, 2.0)
+
+
+def to_uint8_chw(img: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+    """A PIL image, uint8 HxWx3 array or uint8 3xHxW tensor as a uint8 3xHxW tensor (no copy when possible)."""
+    if isinstance(img, Image.Image):
+        img = np.asarray(img.convert("RGB"))
+    if isinstance(img, np.ndarray):
+        if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+            raise ValueError(f"expected a uint8 HxWx3 array, got {img.dtype} {img.shape}")
+        if not img.flags.writeable:  # PIL hands out read-only buffers; torch wants to own writable memory
+            img = img.copy()
+        return torch.from_numpy(np.ascontiguousarray(img)).permute(2, 0, 1)
+    if isinstance(img, torch.Tensor) and img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3:
+        return img
+    raise ValueError(f"expected a PIL image, uint8 HxWx3 array or uint8 3xHxW tensor, got {type(img).__name__}")
+
+
+class RandomRot90(torch.nn.Module):
+    """Rotate by k * 90 degrees, k uniform in {0, 1, 2, 3}: tissue has no 'up', and this loses no pixels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.rot90(x, int(torch.randint(4, ())), dims=(-2, -1))
+
+
+class HEDJitter(torch.nn.Module):
+    """Stain jitter in the haematoxylin-eosin-DAB space of `skimage.color.rgb2hed` (Tellez et al., 2018).
+
+    Each stain concentration s_c becomes s_c * a_c + b_c with a_c ~ U(1 - alpha, 1 + alpha) and
+    b_c ~ U(-beta, beta). rgb2hed is linear in log-RGB, so the whole round trip is one 3x3 matrix and an
+    offset applied to log(rgb): cheap enough for the data-loading hot loop. Unlike skimage we do not clip
+    negative stain values, so an unperturbed jitter is exactly the identity. Input/output: float 3xHxW in [0, 1].
+    """
+
+    def __init__(self, alpha: float = 0.05, beta: float = 0.01):
+        super().__init__()
+        from skimage.color import hed_from_rgb, rgb_from_hed
+
+        self.alpha, self.beta = alpha, beta
+        self.register_buffer("hed_from_rgb", torch.tensor(hed_from_rgb, dtype=torch.float32), persistent=False)
+        self.register_buffer("rgb_from_hed", torch.tensor(rgb_from_hed, dtype=torch.float32), persistent=False)
+        self.log_adjust = float(np.log(1e-6))  # skimage's scaling of optical density into stain units
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = 1 + (torch.rand(3) * 2 - 1) * self.alpha
+        b = (torch.rand(3) * 2 - 1) * self.beta
+        return self.jitter(x, a, b)
+
+    def jitter(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Scale stain concentrations by `a` and shift them by `b` (each [3], in H, E, D order)."""
+        # log(rgb') = log(rgb) @ (M diag(a) M^-1) + L * (b @ M^-1), with pixels as row vectors.
+        matrix = self.hed_from_rgb @ torch.diag(a) @ self.rgb_from_hed
+        offset = self.log_adjust * (b @ self.rgb_from_hed)
+        log_rgb = x.clamp_min(1e-6).log()
+        out = torch.einsum("chw,cd->dhw", log_rgb, matrix) + offset[:, None, None]
+        return out.exp().clamp_(0, 1)
+
+
+class GaussianBlur(torch.nn.Module):
+    """Separable Gaussian blur, sigma ~ U(*sigma) pixels, kernel radius 3 sigma, on float 3xHxW.
+
+    torchvision's GaussianBlur convolves with a full 2-D kernel of a fixed size; two 1-D passes sized to the
+    drawn sigma give the same result at a fraction of the cost, which matters in the data-loading hot loop.
+    """
+
+    def __init__(self, sigma: tuple[float, float] = BLUR_SIGMA):
+        super().__init__()
+        self.sigma = sigma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        sigma = float(torch.empty(()).uniform_(*self.sigma))
+        radius = min(int(np.ceil(3 * sigma)), min(x.shape[-2:]) - 1)  # reflect padding needs radius < size
+        if radius < 1:
+            return x
+        taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
+        kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+        kernel = (kernel / kernel.sum()).expand(x.shape[0], 1, 1, -1)
+        y = torch.nn.functional.pad(x[None], (radius, radius, radius, radius), mode="reflect")
+        y = torch.nn.functional.conv2d(y, kernel, groups=x.shape[0])  # along width
+        y = torch.nn.functional.conv2d(y, kernel.transpose(-1, -2), groups=x.shape[0])  # along height
+        return y[0]
+
+
+def _blur(p: float) -> v2.Transform:
+    return v2.RandomApply([GaussianBlur()], p=p)
+
+
+def _crop_transform(
+    size: int,
+    scale: tuple[float, float],
+    preset: str,
+    blur_p: float,
+    solarize_p: float,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> v2.Compose:
+    """One view: random resized crop, then geometry, colour, blur, (solarize), normalise."""
+    crop = v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    normalize = v2.Normalize(mean, std)
+    if preset == "natural":  # DINO's DataAugmentationDINO, operating on uint8 until the end
+        return v2.Compose(
+            [
+                crop,
+                v2.RandomHorizontalFlip(),
+                v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
+                v2.RandomGrayscale(p=0.2),
+                to_float,
+                _blur(blur_p),
+                v2.RandomSolarize(threshold=128 / 255, p=solarize_p),  # PIL's solarize(128) on [0, 1] floats
+                normalize,
+            ]
+        )
+    # Histology: orientation is arbitrary (all 8 dihedral symmetries), stain and scanner variation is the
+    # colour shift that matters; solarize and grayscale would destroy the H&E signal the encoder should learn.
+    return v2.Compose(
+        [
+            crop,
+            RandomRot90(),
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            to_float,
+            v2.RandomApply([HEDJitter(), v2.ColorJitter(brightness=0.15, contrast=0.15)], p=0.8),
+            _blur(blur_p),
+            normalize,
+        ]
+    )
+
+
+class MultiCropAugmentation:
+    """DINO multi-crop: 2 global views then `n_local` local views of one image, as normalised float tensors.
+
+    preset "natural": DINO's recipe (flip, colour jitter 0.4/0.4/0.2/0.1 p=0.8, grayscale p=0.2, Gaussian blur
+    p=1.0 / 0.1 on the globals and 0.5 on the locals, solarize p=0.2 on the second global only).
+    preset "histo": 90-degree rotations, horizontal and vertical flips, HED stain jitter plus mild
+    brightness/contrast (p=0.8), the same blur; no solarize, no grayscale.
+    """
+
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 96,
+        n_local: int = 8,
+        global_scale: tuple[float, float] = (0.4, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        preset: str = "natural",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        if preset not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {preset!r}; expected one of {PRESETS}")
+        self.preset, self.n_local = preset, n_local
+        solarize = 0.2 if preset == "natural" else 0.0
+        global_scale, local_scale = tuple(global_scale), tuple(local_scale)
+        self.global1 = _crop_transform(global_size, global_scale, preset, 1.0, 0.0, mean, std)
+        self.global2 = _crop_transform(global_size, global_scale, preset, 0.1, solarize, mean, std)
+        self.local = _crop_transform(local_size, local_scale, preset, 0.5, 0.0, mean, std)
+
+    def __call__(self, img: Image.Image | np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+        x = to_uint8_chw(img)
+        return [self.global1(x), self.global2(x)] + [self.local(x) for _ in range(self.n_local)]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(preset={self.preset!r}, n_local={self.n_local})"
+
+
+def eval_transform(
+    size: int,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    crop_pct: float = 1.0,
+) -> Callable[[Image.Image], torch.Tensor]:
+    """Deterministic preprocessing for frozen-feature evaluation: PIL (or array/tensor) -> normalised 3xSxS.
+
+    The shorter side is resized to size / crop_pct, then the centre size x size is cut. crop_pct=1.0 (the
+    default) suits patches, which are already the field of view we want: a square patch is just resized.
+    Use crop_pct=0.875 for ImageNet-style natural images (DINO's resize to 256 then crop 224).
+    """
+    return v2.Compose(
+        [
+            to_uint8_chw,
+            v2.Resize(round(size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(mean, std),
+        ]
+    )
