@@ -1,0 +1,167 @@
+"""Patch stores: round trip against OpenSlide, CLAM/TRIDENT attributes, atomicity, find_stores."""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import openslide
+import pytest
+
+from pathgen.errors import StoreError
+from pathgen.slide.tiler import tile_cohort
+from pathgen.store import PatchStoreWriter, find_stores, open_store
+
+TILE = dict(mpp=0.25, patch_size=64)  # level 0 of the demo slides: patches are exactly read_region output
+
+
+@pytest.fixture(scope="module", params=["zarr", "h5"])
+def tiled(request, demo_slide, tmp_path_factory) -> Path:
+    """The demo slide tiled at level 0 in each format; returns the store path."""
+    out = tmp_path_factory.mktemp(f"tiled_{request.param}")
+    tile_cohort([demo_slide], out, fmt=request.param, **TILE)
+    suffix = ".zarr" if request.param == "zarr" else ".h5"
+    return out / f"{demo_slide.stem}{suffix}"
+
+
+def _openslide_rgb(slide_path: Path, xy, level: int, size: int) -> np.ndarray:
+    with openslide.OpenSlide(str(slide_path)) as osr:
+        rgba = np.asarray(osr.read_region((int(xy[0]), int(xy[1])), level, (size, size)), dtype=np.float32)
+    alpha = rgba[..., 3:] / 255.0  # composite onto white, as pathgen does
+    return rgba[..., :3] * alpha + 255.0 * (1 - alpha)
+
+
+def test_round_trip_matches_openslide(tiled, demo_slide):
+    with open_store(tiled) as store:
+        assert len(store) > 10
+        assert store.coords.dtype == np.int64 and store.coords.shape == (len(store), 2)
+        assert store.tissue_fraction.dtype == np.float32
+        assert (store.tissue_fraction >= 0.5).all()
+        rng = np.random.default_rng(0)
+        for i in rng.choice(len(store), 5, replace=False):
+            patch = store[int(i)]
+            assert patch.shape == (64, 64, 3) and patch.dtype == np.uint8
+            expected = _openslide_rgb(demo_slide, store.coords[i], 0, 64)
+            assert np.abs(patch.astype(np.float32) - expected).mean() < 2.0  # JPEG decoders may differ by a hair
+        batch = store.read([3, 1, 3])
+        assert batch.shape == (3, 64, 64, 3)
+        np.testing.assert_array_equal(batch[0], store[3])
+        np.testing.assert_array_equal(batch[1], store[1])
+
+
+def test_attrs_include_provenance_and_clam_trident(tiled, demo_slide):
+    with open_store(tiled) as store:
+        attrs = store.attrs
+    assert attrs["complete"] is True
+    assert Path(attrs["slide_path"]) == demo_slide.resolve()
+    assert attrs["slide_size"] == demo_slide.stat().st_size
+    assert attrs["slide_mtime"] == demo_slide.stat().st_mtime
+    assert attrs["mpp_level0"] == pytest.approx(0.25) and attrs["target_mpp"] == 0.25
+    assert attrs["patch_size"] == 64 and attrs["patch_size_level0"] == 64
+    assert attrs["level0_width"] == 1024 and attrs["level0_height"] == 768
+    assert attrs["level0_magnification"] == 40 and attrs["target_magnification"] == 40
+    assert attrs["patch_level"] == 0 and attrs["downsample"] == [1.0, 1.0]
+    assert attrs["reader"] == "openslide" and attrs["schema_version"] == 1 and attrs["pathgen_version"]
+
+
+def test_h5_reads_like_clam_and_trident(tmp_path, demo_slide):
+    """Read the HDF5 store the way CLAM's Whole_Slide_Bag_FP and TRIDENT's coords readers do."""
+    tile_cohort([demo_slide], tmp_path, fmt="h5", **TILE)
+    with h5py.File(tmp_path / f"{demo_slide.stem}.h5", "r") as f:
+        coords = f["coords"][:]
+        assert coords.dtype == np.int64 and coords.ndim == 2 and coords.shape[1] == 2
+        # CLAM: read_region(coord, patch_level, (patch_size, patch_size))
+        patch_level, patch_size = int(f["coords"].attrs["patch_level"]), int(f["coords"].attrs["patch_size"])
+        region = _openslide_rgb(demo_slide, coords[0], patch_level, patch_size)
+        assert np.abs(region - f["images"][0].astype(np.float32)).mean() < 2.0
+        # TRIDENT: the level-0 footprint and magnifications from coords.attrs
+        attrs = f["coords"].attrs
+        for key in ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification"):
+            assert key in attrs
+        assert (int(attrs["level0_width"]), int(attrs["level0_height"])) == (1024, 768)
+        assert (coords + int(attrs["patch_size_level0"]) <= [1024, 768]).all()
+
+
+def _write(path: Path, n: int = 5, size: int = 8, close: bool = True, **kwargs) -> PatchStoreWriter:
+    coords = np.stack([np.arange(n) * size, np.zeros(n)], axis=1)
+    writer = PatchStoreWriter(path, coords, np.linspace(0, 1, n), size, {"slide_path": "x.svs"}, **kwargs)
+    if not kwargs.get("coords_only"):
+        writer.write(0, np.full((n, size, size, 3), 7, dtype=np.uint8))
+    if close:
+        writer.close()
+    return writer
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_open_store_rejects_unfinished(tmp_path, suffix):
+    path = tmp_path / f"s{suffix}"
+    writer = _write(path, close=False)
+    assert writer.tmp.exists() and not path.exists()
+    with pytest.raises(StoreError, match="unfinished"):
+        open_store(writer.tmp)
+    if suffix == ".h5":
+        writer._root.close()
+    writer.tmp.rename(path)  # a temp store renamed by hand still lacks the `complete` attribute
+    with pytest.raises(StoreError, match="unfinished"):
+        open_store(path)
+    with pytest.raises(StoreError, match="not found"):
+        open_store(tmp_path / f"missing{suffix}")
+
+
+def test_open_store_rejects_malformed(tmp_path):
+    (tmp_path / "junk.zarr").mkdir()
+    with pytest.raises(StoreError, match="junk.zarr"):
+        open_store(tmp_path / "junk.zarr")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(StoreError, match="junk.h5"):
+        open_store(tmp_path / "junk.h5")
+    (tmp_path / "x.npy").write_bytes(b"")
+    with pytest.raises(StoreError, match="not a patch store"):
+        open_store(tmp_path / "x.npy")
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_writer_context_manager_removes_temp_on_error(tmp_path, suffix):
+    path = tmp_path / f"s{suffix}"
+    with pytest.raises(RuntimeError):
+        with _write(path, close=False):
+            raise RuntimeError("killed midway")
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_coords_only_and_labels(tmp_path, suffix):
+    _write(tmp_path / f"c{suffix}", coords_only=True)
+    with open_store(tmp_path / f"c{suffix}") as store:
+        assert len(store) == 5 and not store.has_images and store.labels is None
+        with pytest.raises(StoreError, match="coords-only"):
+            store[0]
+    _write(tmp_path / f"l{suffix}", labels=np.array([0, 1, 1, 0, 1]), classes=["a", "b"])
+    with open_store(tmp_path / f"l{suffix}") as store:
+        assert store.labels.tolist() == [0, 1, 1, 0, 1] and store.attrs["classes"] == ["a", "b"]
+        assert (store[4] == 7).all()
+        with pytest.raises(IndexError):
+            store[5]
+
+
+def test_zarr_store_is_a_handful_of_files(tmp_path):
+    _write(tmp_path / "s.zarr", n=300)
+    files = [p for p in (tmp_path / "s.zarr").rglob("*") if p.is_file()]
+    assert len(files) < 10  # sharded: not one file per patch
+
+
+def test_find_stores(tmp_path):
+    for name in ("a.zarr", "sub/b.h5", "sub/c.zarr"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        _write(tmp_path / name)
+    (tmp_path / "sub" / "d.zarr.tmp-123").mkdir()  # temp stores never count
+    every = find_stores(tmp_path)
+    assert [p.name for p in every] == ["a.zarr", "b.h5", "c.zarr"]
+    assert [p.name for p in find_stores(str(tmp_path / "sub" / "*.zarr"))] == ["c.zarr"]
+    assert [p.name for p in find_stores([tmp_path / "a.zarr", tmp_path / "a.zarr"])] == ["a.zarr"]
+    (tmp_path / "manifest.csv").write_text(
+        "slide,status,n_patches,seconds,error,store\n"
+        "a.svs,ok,5,1.0,,a.zarr\nb.svs,failed,0,0.1,boom,\nc.svs,skipped,5,0,,sub/c.zarr\n"
+    )
+    assert [p.name for p in find_stores(tmp_path / "manifest.csv")] == ["a.zarr", "c.zarr"]
+    with pytest.raises(StoreError, match="nothing"):
+        find_stores(tmp_path / "nothing")
