@@ -28,13 +28,16 @@ _FIELD_CELLS = 64  # resolution of the low-frequency field that shapes tissue re
 # --------------------------------------------------------------------------- SVS writing
 
 
-def _aperio_description(width: int, height: int, tile_size: int, mpp: float, magnification: float, quality: int) -> str:
+def _aperio_description(
+    width: int, height: int, tile_size: int, mpp: float | None, magnification: float | None, quality: int
+) -> str:
     # OpenSlide recognises Aperio files by this prefix and reads "key = value" pairs after the first '|':
-    # MPP becomes openslide.mpp-x/y and AppMag becomes openslide.objective-power.
-    return (
-        f"Aperio Image Library v12.0.0 pathgen\r\n{width}x{height} [0,0 {width}x{height}] "
-        f"({tile_size}x{tile_size}) JPEG/RGB Q={quality}|AppMag = {magnification:g}|MPP = {mpp:g}"
-    )
+    # MPP becomes openslide.mpp-x/y and AppMag becomes openslide.objective-power. Either may be left out
+    # (None) to mimic slides with incomplete metadata.
+    fields = [f"AppMag = {magnification:g}"] if magnification else []
+    fields += [f"MPP = {mpp:g}"] if mpp else []
+    head = f"Aperio Image Library v12.0.0 pathgen\r\n{width}x{height} [0,0 {width}x{height}] ({tile_size}x{tile_size})"
+    return "|".join([f"{head} JPEG/RGB Q={quality}", *fields])
 
 
 def _pad_tile(tile: np.ndarray, tile_size: int) -> np.ndarray:
@@ -67,8 +70,8 @@ def write_svs(
     width: int,
     height: int,
     tile_fn: TileFn,
-    mpp: float,
-    magnification: float,
+    mpp: float | None,
+    magnification: float | None,
     tile_size: int = 256,
     quality: int = 85,
     level_factor: int = 4,

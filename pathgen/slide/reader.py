@@ -18,6 +18,8 @@ import numpy as np
 from pathgen.errors import SlideError
 
 NO_MPP = "no microns-per-pixel in metadata or objective power; pass --slide-mpp or an mpp column"
+# Vendor formats OpenSlide reads that are never plain images; .tif/.tiff may be either, so they may fall back.
+WSI_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
 _LEVEL_TOLERANCE = 0.01  # a level 1% coarser than asked still counts (pyramid downsamples are rarely exact)
 
 
@@ -34,6 +36,9 @@ class _OpenSlideBackend:
 
         fmt = openslide.OpenSlide.detect_format(str(path))
         self._image = None
+        if fmt is None and path.suffix.lower() in WSI_SUFFIXES:
+            # Never let PIL half-read a slide file (e.g. level 0 of a truncated SVS): fail clearly instead.
+            raise SlideError(path, f"OpenSlide does not recognise this {path.suffix} file (truncated or corrupt?)")
         try:
             if fmt:
                 self.osr = openslide.OpenSlide(str(path))
@@ -62,6 +67,7 @@ def _load_image(path: Path):
     """Open and decode a plain image with PIL now, so truncation or a non-image fails at open time."""
     from PIL import Image, UnidentifiedImageError
 
+    img = None
     try:
         img = Image.open(path)
         img.load()
@@ -70,7 +76,10 @@ def _load_image(path: Path):
     except Image.DecompressionBombError:
         raise SlideError(path, "plain image too large for PIL; convert it to a pyramidal TIFF") from None
     except (OSError, ValueError, SyntaxError) as err:  # truncated or corrupt image data
-        raise SlideError(path, f"corrupt image: {_one_line(err)}") from None
+        kind = getattr(img, "format", None) or "image"
+        if img is not None:
+            img.close()
+        raise SlideError(path, f"corrupt or truncated {kind} file: {_one_line(err)}") from None
     return img
 
 

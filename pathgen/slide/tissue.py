@@ -15,9 +15,10 @@ import numpy as np
 def detect_tissue(
     thumb_rgb: np.ndarray,
     min_saturation: float = 0.04,
-    max_threshold: float = 0.08,
+    max_threshold: float = 0.05,
     dark_value: float = 0.5,
-    smooth_sigma: float = 2.0,
+    background_margin: float = 0.02,
+    smooth_sigma: float = 4.0,
     closing_radius: int = 4,
     min_object_fraction: float = 2e-4,
     min_hole_fraction: float = 5e-3,
@@ -25,6 +26,8 @@ def detect_tissue(
     """Boolean tissue mask with the thumbnail's H x W.
 
     - min_saturation / max_threshold: clamp Otsu's saturation threshold into this range.
+    - background_margin: the threshold also stays this far above the glass's own saturation (estimated on the
+      brightest pixels), so tinted glass from some scanners is not taken for tissue.
     - smooth_sigma: Gaussian blur (thumbnail px) of saturation first, so pale stroma between stained nuclei
       reads as tissue and glass noise averages out.
     - dark_value: pixels darker than this HSV value count as tissue even if unsaturated (dense, grey tissue),
@@ -44,7 +47,9 @@ def detect_tissue(
         val = filters.gaussian(val, sigma=smooth_sigma)
     # Otsu needs two distinct values; a perfectly uniform image is all glass (or all tissue: not our case).
     otsu = filters.threshold_otsu(sat) if np.ptp(sat) > 0 else 1.0
-    threshold = float(np.clip(otsu, min_saturation, max_threshold))
+    glass = float(np.median(sat[val >= np.quantile(val, 0.9)]))
+    floor = max(min_saturation, glass + background_margin)
+    threshold = float(min(max(otsu, floor), max(max_threshold, floor)))
     mask = (sat > threshold) | ((val < dark_value) & (val > 0.1))
 
     if closing_radius > 0:
