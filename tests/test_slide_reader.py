@@ -73,7 +73,9 @@ def test_generic_tiled_tiff_with_resolution_tags(tmp_path):
     img = np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8)
     path = tmp_path / "generic.tif"
     # 0.5 um/px = 20000 px/cm; OpenSlide turns TIFF resolution in cm into openslide.mpp-x.
-    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER")
+    tifffile.imwrite(
+        path, img, tile=(128, 128), photometric="rgb", resolution=(20000, 20000), resolutionunit="CENTIMETER"
+    )
     with open_slide(path) as slide:
         assert slide.format == "generic-tiff"
         assert slide.mpp == pytest.approx(0.5) and slide.mpp_source == "metadata"

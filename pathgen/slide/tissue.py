@@ -1,10 +1,11 @@
 """Tissue detection on a low-resolution thumbnail: HSV saturation + Otsu, then morphology.
 
 Saturation separates stained tissue from grey-white glass for H&E and IHC alike (brown DAB and blue
-hematoxylin are both saturated; glass is not). Two guards keep Otsu honest: its threshold never drops
-below `min_saturation`, so a blank slide (where Otsu would split the glass noise in half) gives an empty
-mask; and it never rises above `max_threshold`, so a slide that is mostly dark, saturated tissue does not
-push pale tissue into the background.
+hematoxylin are both saturated; glass is not). Smoothing first lets pale stroma between stained nuclei
+count as tissue. Two guards keep Otsu honest: its threshold never drops below the glass's own saturation
+plus a margin (nor below `min_saturation`), so blank or tinted glass (where Otsu would split the noise in
+half) gives an empty mask; and it never rises above `max_threshold`, so a slide dominated by dark,
+saturated tissue does not push pale tissue into the background.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ def detect_tissue(
     """Boolean tissue mask with the thumbnail's H x W.
 
     - min_saturation / max_threshold: clamp Otsu's saturation threshold into this range.
-    - background_margin: the threshold also stays this far above the glass's own saturation (estimated on the
-      brightest pixels), so tinted glass from some scanners is not taken for tissue.
+    - background_margin: the threshold also stays this far above the glass's own saturation (the median of
+      Otsu's lower class), so tinted glass from some scanners is not taken for tissue.
     - smooth_sigma: Gaussian blur (thumbnail px) of saturation first, so pale stroma between stained nuclei
       reads as tissue and glass noise averages out.
     - dark_value: pixels darker than this HSV value count as tissue even if unsaturated (dense, grey tissue),
@@ -47,7 +48,7 @@ def detect_tissue(
         val = filters.gaussian(val, sigma=smooth_sigma)
     # Otsu needs two distinct values; a perfectly uniform image is all glass (or all tissue: not our case).
     otsu = filters.threshold_otsu(sat) if np.ptp(sat) > 0 else 1.0
-    glass = float(np.median(sat[val >= np.quantile(val, 0.9)]))
+    glass = float(np.median(sat[sat <= otsu]))  # Otsu's lower class is glass whenever there is any
     floor = max(min_saturation, glass + background_margin)
     threshold = float(min(max(otsu, floor), max(max_threshold, floor)))
     mask = (sat > threshold) | ((val < dark_value) & (val > 0.1))

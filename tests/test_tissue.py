@@ -1,0 +1,76 @@
+"""detect_tissue on IHC demo slides, blank glass, tinted glass and a pale H&E-like image."""
+
+import numpy as np
+import pytest
+from skimage import color, data
+
+from pathgen.pipeline.demo_cohort import SyntheticSlide, make_blank_slide
+from pathgen.slide import detect_tissue, open_slide
+
+
+def _pale_he(shape=(160, 240)) -> np.ndarray:
+    """Faint H&E: the IHC micrograph's hematoxylin at 30%, a trace of eosin, no DAB."""
+    hem = color.rgb2hed(data.immunohistochemistry())[: shape[0], : shape[1], 0]
+    hed = np.stack([hem * 0.3, np.full_like(hem, 0.01), np.zeros_like(hem)], axis=-1)
+    return (np.clip(color.hed2rgb(hed), 0, 1) * 255).astype(np.uint8)
+
+
+def _glass(shape, tint=(244, 243, 240), noise=2, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return np.clip(np.array(tint) + rng.integers(-noise, noise + 1, (*shape, 3)), 0, 255).astype(np.uint8)
+
+
+def test_finds_tissue_on_ihc_demo_slide(demo_slide):
+    with open_slide(demo_slide) as slide:
+        thumb, _ = slide.thumbnail(max_side=512)
+    mask = detect_tissue(thumb)
+    assert mask.shape == thumb.shape[:2] and mask.dtype == bool
+    assert 0.2 < mask.mean() < 0.7
+
+
+def test_agrees_with_the_synthetic_ground_truth():
+    synth = SyntheticSlide(1024, 768, seed=5)
+    thumb = synth.tile(0, 0, 1024, 768)[1::2, 1::2]
+    truth = synth._field_at(0, 0, 1024, 768)[1::2, 1::2] > 0.125  # where the tissue is more than half opaque
+    mask = detect_tissue(thumb)
+    iou = (mask & truth).sum() / (mask | truth).sum()
+    assert iou > 0.75
+
+
+def test_blank_slide_gives_empty_mask(tmp_path):
+    path = make_blank_slide(tmp_path / "blank.svs", width=512, height=384)
+    with open_slide(path) as slide:
+        thumb, _ = slide.thumbnail()
+    assert not detect_tissue(thumb).any()
+    assert not detect_tissue(np.full((64, 64, 3), 255, np.uint8)).any()
+
+
+@pytest.mark.parametrize("tint", [(244, 243, 240), (236, 232, 218), (225, 228, 235)])
+def test_tinted_noisy_glass_is_not_tissue(tint):
+    """Otsu alone would split glass noise in half; the guards must keep the mask empty."""
+    assert not detect_tissue(_glass((128, 160), tint=tint, noise=3)).any()
+
+
+def test_pale_he_is_detected_and_glass_around_it_is_not():
+    img = _glass((300, 400))
+    he = _pale_he()
+    assert color.rgb2hsv(he)[..., 1].mean() < 0.2  # genuinely pale
+    img[70:230, 80:320] = he
+    mask = detect_tissue(img)
+    assert mask[90:210, 100:300].mean() > 0.95
+    assert mask[:50].mean() == 0 and mask[250:].mean() == 0
+
+
+def test_small_specks_removed_and_holes_filled():
+    img = _glass((200, 200))
+    img[60:140, 60:140] = (150, 90, 60)  # tissue block
+    img[95:100, 95:100] = (244, 243, 240)  # a tiny hole in it
+    img[10:12, 180:182] = (120, 40, 40)  # a dust speck
+    mask = detect_tissue(img)
+    assert mask[97, 97] and not mask[11, 181]
+    assert mask[70:130, 70:130].all()
+
+
+def test_rejects_non_rgb_input():
+    with pytest.raises(ValueError, match="RGB"):
+        detect_tissue(np.zeros((10, 10), np.uint8))
