@@ -311,9 +311,9 @@ def train(
         for data in loader:
             it = step  # global step index into the schedules
             for i, group in enumerate(optimizer.param_groups):
-                group["lr"] = lr_sched[it]
+                group["lr"] = float(lr_sched[it])
                 if i == 0:  # only the weight matrices are decayed
-                    group["weight_decay"] = wd_sched[it]
+                    group["weight_decay"] = float(wd_sched[it])
 
             crops = [c.to(device, non_blocking=True) for c in data[0]]
             with autocast(device):

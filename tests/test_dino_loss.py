@@ -1,0 +1,157 @@
+"""DINO loss, head, schedules and the optimisation pieces of the trainer, checked against hand computations."""
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from pathgen.ssl.head import DINOHead, MultiCropModel
+from pathgen.ssl.loss import DINOLoss
+from pathgen.ssl.schedules import cosine_schedule, linear_warmup
+from pathgen.ssl.trainer import CollapseMonitor, clip_gradients, param_groups, teacher_stats
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max())
+    return e / e.sum()
+
+
+def _hand_dino_loss(t, s, center, t_temp, s_temp, n_global, n_crops, batch):
+    """DINO cross-entropy written out with loops: t [n_global*B, K], s [n_crops*B, K]."""
+    total, terms = 0.0, 0
+    for i in range(n_global):
+        for j in range(n_crops):
+            if i == j:
+                continue
+            pair = 0.0
+            for b in range(batch):
+                target = _softmax((t[i * batch + b] - center) / t_temp)
+                log_p = np.log(_softmax(s[j * batch + b] / s_temp))
+                pair += -sum(target[k] * log_p[k] for k in range(len(target)))
+            total += pair / batch
+            terms += 1
+    return total / terms
+
+
+def test_loss_matches_hand_computation_with_centering_and_sharpening():
+    torch.manual_seed(0)
+    batch, k, n_crops, n_global = 3, 7, 4, 2
+    t = torch.randn(n_global * batch, k, dtype=torch.float64)
+    s = torch.randn(n_crops * batch, k, dtype=torch.float64)
+    loss_fn = DINOLoss(k, student_temp=0.1, center_momentum=0.9)
+    center = torch.randn(1, k) * 0.5
+    loss_fn.center.copy_(center)
+
+    got = loss_fn(s, t, teacher_temp=0.05, n_student_crops=n_crops).item()
+    want = _hand_dino_loss(t.numpy(), s.numpy(), center.double().numpy()[0], 0.05, 0.1, n_global, n_crops, batch)
+    assert got == pytest.approx(want, rel=1e-5)
+    # the centre moved to 0.9 * old + 0.1 * batch mean of the teacher logits
+    expected_center = 0.9 * center + 0.1 * t.float().mean(0, keepdim=True)
+    torch.testing.assert_close(loss_fn.center, expected_center)
+
+
+def test_loss_pieces_compose_and_accept_external_targets():
+    torch.manual_seed(1)
+    k, batch = 5, 4
+    loss_fn = DINOLoss(k)
+    t, s = torch.randn(2 * batch, k), torch.randn(3 * batch, k)
+    targets = loss_fn.teacher_targets(t, 0.04, 2)
+    assert len(targets) == 2 and torch.allclose(targets[0].sum(-1), torch.ones(batch))
+    # sharpening: a lower temperature gives a peakier distribution
+    assert loss_fn.teacher_targets(t, 0.01, 2)[0].max(-1).values.mean() > targets[0].max(-1).values.mean()
+    # a mixed target (Gen-SIS disentanglement) with every pair counted
+    mixed = [0.3 * targets[0] + 0.7 * targets[1]]
+    value = loss_fn.cross_entropy(mixed, s, 3, skip_same=False)
+    log_p = torch.log_softmax(s / 0.1, -1).chunk(3)
+    want = sum((-(mixed[0] * lp).sum(-1)).mean() for lp in log_p) / 3
+    torch.testing.assert_close(value, want)
+
+
+def test_cosine_schedule_warmup_and_endpoints():
+    sched = cosine_schedule(1.0, 0.1, epochs=10, iters_per_epoch=5, warmup_epochs=2, warmup_start=0.0)
+    assert sched.shape == (50,)
+    assert sched[0] == 0.0 and sched[10] == pytest.approx(1.0)  # warmup ends at the base value
+    np.testing.assert_allclose(np.diff(sched[:11]), 0.1)  # linear warmup
+    assert np.all(np.diff(sched[10:]) <= 0) and sched[-1] == pytest.approx(0.1)
+    momentum = cosine_schedule(0.996, 1.0, epochs=3, iters_per_epoch=4)
+    assert momentum[0] == pytest.approx(0.996) and momentum[-1] == pytest.approx(1.0)
+    assert np.all(np.diff(momentum) >= 0)
+
+
+def test_teacher_temperature_warmup():
+    temp = linear_warmup(0.04, 0.07, epochs=5, iters_per_epoch=2, warmup_epochs=3)
+    assert temp.shape == (10,)
+    assert temp[0] == pytest.approx(0.04) and temp[5] == pytest.approx(0.07) and np.all(temp[5:] == 0.07)
+    assert np.all(linear_warmup(0.04, 0.07, 2, 3, 0) == 0.07)
+
+
+def test_head_shapes_and_fixed_unit_norm_last_layer():
+    head = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, norm_last_layer=True)
+    assert head(torch.randn(5, 16)).shape == (5, 32)
+    g = head.last_layer.parametrizations.weight.original0
+    assert not g.requires_grad and torch.all(g == 1)
+    torch.testing.assert_close(head.last_layer.weight.norm(dim=1), torch.ones(32))
+    free = DINOHead(16, out_dim=32, hidden_dim=24, bottleneck_dim=8, norm_last_layer=False)
+    assert free.last_layer.parametrizations.weight.original0.requires_grad
+
+
+def test_multicrop_model_groups_by_size_and_keeps_crop_order():
+    torch.manual_seed(0)
+    backbone = nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 6))
+    model = MultiCropModel(backbone, DINOHead(6, 10, 12, 4)).eval()
+    crops = [torch.randn(2, 3, 16, 16), torch.randn(2, 3, 16, 16), torch.randn(2, 3, 8, 8), torch.randn(2, 3, 8, 8)]
+    out = model(crops)
+    assert out.shape == (8, 10)
+    torch.testing.assert_close(out[4:6], model.head(backbone(crops[2])))
+
+
+def test_weight_decay_only_on_weight_matrices():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    groups = param_groups(model)
+    decayed = {id(p) for p in groups[0]["params"]}
+    assert decayed == {id(model[0].weight), id(model[2].weight)}
+    assert groups[1]["weight_decay"] == 0.0
+    opt = torch.optim.AdamW(groups, lr=0.1)
+    opt.param_groups[0]["weight_decay"] = 0.5
+    before = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # only weight decay can move anything
+    opt.step()
+    after = list(model.parameters())
+    torch.testing.assert_close(after[0], before[0] * (1 - 0.1 * 0.5))  # weight decayed
+    for i in (1, 2, 3, 5):  # biases and LayerNorm weight/bias untouched
+        torch.testing.assert_close(after[i], before[i])
+
+
+def test_clip_gradients_is_per_parameter():
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(2))
+    a.grad, b.grad = torch.tensor([30.0, 40.0, 0.0]), torch.tensor([0.3, 0.4])
+    clip_gradients(nn.ParameterList([a, b]), 3.0)
+    assert a.grad.norm().item() == pytest.approx(3.0, rel=1e-4)  # 50 -> 3
+    torch.testing.assert_close(b.grad, torch.tensor([0.3, 0.4]))  # already below 3: unchanged
+
+
+def test_collapse_monitor_warns_on_uniform_and_one_hot_not_on_healthy():
+    k = 64
+    uniform = torch.full((8, k), 1 / k)
+    one_hot = torch.zeros(8, k)
+    one_hot[:, 3] = 1.0
+    healthy = torch.eye(k)[:8] * 0.9 + 0.1 / k
+    stats = teacher_stats(uniform)
+    assert stats["teacher_entropy"] == pytest.approx(math.log(k), rel=1e-4)
+    assert teacher_stats(one_hot)["teacher_marginal_entropy"] < 1e-3
+    for targets, should_warn in ((uniform, True), (one_hot, True), (healthy, False)):
+        monitor = CollapseMonitor(k, patience=3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            for step in range(4):
+                monitor.update(step, 1.0, teacher_stats(targets))
+        assert any("COLLAPSE" in str(w.message) for w in caught) == should_warn
+    monitor = CollapseMonitor(k, patience=2)
+    with pytest.warns(UserWarning, match="ln\\(out_dim\\)"):
+        for step in range(2):
+            monitor.update(step, math.log(k), teacher_stats(healthy))

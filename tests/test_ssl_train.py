@@ -1,0 +1,112 @@
+"""The DINO trainer end to end on a tiny ImageFolder: learning, exact resume, frozen last layer, artefacts."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pathgen.config import SSLConfig, load_config
+from pathgen.errors import ConfigError
+from pathgen.ssl.checkpoint import load_checkpoint
+from pathgen.ssl.trainer import build_models, seed_everything, train
+
+
+def make_toy_folder(root: Path, n_per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
+    """Two visibly different classes: red horizontal stripes vs blue vertical stripes, with noise."""
+    rng = np.random.default_rng(seed)
+    for label, (channel, axis) in {"stripes_h": (0, 0), "stripes_v": (2, 1)}.items():
+        (root / label).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            img = rng.integers(0, 60, (size, size, 3)).astype(np.uint8)
+            period = int(rng.integers(4, 8))
+            stripes = (np.arange(size) // period) % 2 == 0
+            mask = stripes[:, None] if axis == 0 else stripes[None, :]
+            img[..., channel] = np.where(mask, 230, img[..., channel])
+            Image.fromarray(img).save(root / label / f"{i:03d}.png")
+    return root
+
+
+def tiny_config(tmp_path: Path, data: Path, *overrides: str) -> SSLConfig:
+    base = [
+        f"data.sources=[{data}]", "data.global_size=32", "data.local_size=16", "data.n_local=2",
+        "data.batch_size=8", "data.num_workers=0", "model.img_size=32",
+        "model.kwargs={depth: 2, embed_dim: 32, num_heads: 2, patch_size: 8}", "model.out_dim=128",
+        "model.hidden_dim=64", "model.bottleneck_dim=32", "model.drop_path_rate=0.1", "optim.epochs=2",
+        "optim.warmup_epochs=0", "dino.warmup_teacher_temp_epochs=0", "run.log_every=1", "run.device=cpu",
+        f"run.out_dir={tmp_path / 'run'}",
+    ]
+    return load_config(SSLConfig, None, base + list(overrides))
+
+
+def read_log(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory) -> Path:
+    return make_toy_folder(tmp_path_factory.mktemp("toy"))
+
+
+def test_a_few_steps_reduce_the_loss(tmp_path, toy):
+    # the student learns to match the (slow) teacher's sharpened outputs on both classes' crops
+    cfg = tiny_config(tmp_path, toy, "optim.base_lr=0.5", "optim.freeze_last_layer=0", "model.drop_path_rate=0.0",
+                      "dino.teacher_temp=0.04")
+    out = train(cfg)
+    losses = [r["loss"] for r in read_log(out) if "loss" in r]
+    assert len(losses) == 2 * 3  # 24 images / batch 8 = 3 steps per epoch
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+
+
+def test_resume_continues_exactly(tmp_path, toy):
+    # 3 steps per epoch, 2 epochs: stop after 4 steps (mid-epoch 1), resume, compare steps 5-6 with a full run
+    full = train(tiny_config(tmp_path / "full", toy))
+    cut = tiny_config(tmp_path / "cut", toy, "run.max_steps=4")
+    train(cut)
+    assert load_checkpoint(Path(cut.run.out_dir) / "checkpoints" / "last.pt")["step"] == 4
+    resumed = train(tiny_config(tmp_path / "cut", toy), resume="auto")
+
+    full_log = {r["step"]: r["loss"] for r in read_log(full)}
+    resumed_log = {r["step"]: r["loss"] for r in read_log(resumed)}
+    assert sorted(resumed_log) == [1, 2, 3, 4, 5, 6]
+    for step in (5, 6):
+        assert resumed_log[step] == pytest.approx(full_log[step], abs=1e-6)
+    a = load_checkpoint(full / "checkpoints" / "last.pt")
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")
+    for key in a["teacher"]:
+        torch.testing.assert_close(a["teacher"][key], b["teacher"][key], rtol=0, atol=1e-6)
+    torch.testing.assert_close(a["dino_loss"]["center"], b["dino_loss"]["center"], rtol=0, atol=1e-7)
+
+
+def test_first_epoch_freezes_last_layer_and_writes_artefacts(tmp_path, toy):
+    cfg = tiny_config(tmp_path, toy, "optim.epochs=1", "eval.knn_train=[" + str(toy) + "]",
+                      "eval.knn_test=[" + str(toy) + "]", "run.save_every_steps=2")
+    out = train(cfg)
+    seed_everything(cfg.run.seed)
+    initial, _ = build_models(cfg)  # the same seeded initialisation the run started from
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    prefix = "head.last_layer.parametrizations.weight.original1"
+    torch.testing.assert_close(state["student"][prefix], initial.state_dict()[prefix], rtol=0, atol=0)
+    moved = [k for k, v in initial.state_dict().items() if not torch.equal(v, state["student"][k])]
+    assert any(k.startswith("backbone.") for k in moved) and any(k.startswith("head.mlp") for k in moved)
+
+    assert (out / "config.yaml").is_file() and (out / "encoder.safetensors").is_file()
+    assert (out / "checkpoints" / "step_0000002.pt").is_file()
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    log = read_log(out)
+    assert {"loss", "lr", "wd", "teacher_temp", "momentum", "teacher_entropy"} <= set(log[0])
+    knn = [r for r in log if any(k.startswith("knn/") for k in r)]
+    assert knn and all(0.0 <= v <= 1.0 for k, v in knn[-1].items() if k.startswith("knn/") and "acc" in k)
+    # the weight-decay schedule rises, the lr is scaled by batch / 256
+    steps = [r for r in log if "loss" in r]
+    assert [r["step"] for r in steps] == [1, 2, 3] and steps[-1]["wd"] > steps[0]["wd"]
+    assert steps[0]["lr"] == pytest.approx(cfg.optim.base_lr * 8 / 256)
+
+
+def test_refuses_to_overwrite_a_run(tmp_path, toy):
+    cfg = tiny_config(tmp_path, toy, "run.max_steps=1")
+    train(cfg)
+    with pytest.raises(ConfigError, match="already holds a training run"):
+        train(cfg)
