@@ -43,7 +43,7 @@ def tile(
 
     Exits with status 1 if any slide failed; the reasons are in the manifest.
     """
-    from pathgen.slide.tiler import parse_shard, print_summary, tile_cohort
+    from pathgen.slide.tiler import parse_shard, summary_path, tile_cohort
     from pathgen.store.manifest import read_manifest
 
     manifest = tile_cohort(
@@ -60,7 +60,7 @@ def tile(
         slide_mpp=slide_mpp,
         overwrite=overwrite,
     )
-    print_summary(manifest)
+    typer.echo(summary_path(manifest).read_text(encoding="utf-8"), nl=False)
     typer.echo(f"manifest: {manifest}")
     failed = sum(row.status == "failed" for row in read_manifest(manifest))
     if failed:

@@ -518,9 +518,7 @@ def tile_cohort(
     _run(jobs, out_dir, params, workers, overwrite, on_row)
     ordered = [rows[str(j.path)] for j in jobs]
     write_manifest(manifest, ordered)
-    summary = summarize(ordered, time.perf_counter() - t0)
-    summary_name = manifest.name.replace("manifest", "summary").replace(".csv", ".txt")
-    (out_dir / summary_name).write_text(summary, encoding="utf-8")
+    summary_path(manifest).write_text(summarize(ordered, time.perf_counter() - t0), encoding="utf-8")
     return manifest
 
 
@@ -541,7 +539,6 @@ def tile_slide(
     return rows[0]
 
 
-def print_summary(manifest: Path, file=sys.stdout) -> str:
-    text = (manifest.parent / manifest.name.replace("manifest", "summary").replace(".csv", ".txt")).read_text()
-    print(text, end="", file=file)
-    return text
+def summary_path(manifest: Path) -> Path:
+    """summary.txt beside manifest.csv (summary.shard-I-of-N.txt beside manifest.shard-I-of-N.csv)."""
+    return manifest.with_name(manifest.name.replace("manifest", "summary", 1).removesuffix(".csv") + ".txt")
