@@ -32,7 +32,7 @@ def make_toy_folder(root: Path, n_per_class: int = 12, size: int = 40, seed: int
 def tiny_config(tmp_path: Path, data: Path, *overrides: str) -> SSLConfig:
     base = [
         f"data.sources=[{data}]", "data.global_size=32", "data.local_size=16", "data.n_local=2",
-        "data.batch_size=8", "data.num_workers=0", "model.img_size=32",
+        "data.batch_size=8", "data.num_workers=0", "model.name=vit_tiny_patch16_224", "model.img_size=32",
         "model.kwargs={depth: 2, embed_dim: 32, num_heads: 2, patch_size: 8}", "model.out_dim=128",
         "model.hidden_dim=64", "model.bottleneck_dim=32", "model.drop_path_rate=0.1", "optim.epochs=2",
         "optim.warmup_epochs=0", "dino.warmup_teacher_temp_epochs=0", "run.log_every=1", "run.device=cpu",
