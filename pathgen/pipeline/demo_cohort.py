@@ -22,7 +22,9 @@ import numpy as np
 TileFn = Callable[[int, int, int, int], np.ndarray]
 
 _GLASS = (244, 243, 240)
-_FIELD_CELLS = 64  # resolution of the low-frequency field that shapes tissue regions (cells on the long side)
+# Grid of the low-frequency field that shapes the tissue regions (cells along the long side).
+_FIELD_CELLS = 64
+_PERIOD = 1024  # textures repeat every _PERIOD level-0 pixels
 
 
 # --------------------------------------------------------------------------- SVS writing
@@ -152,8 +154,8 @@ def _thumbnail(coarsest: np.ndarray | None, tile_fn: TileFn, width: int, height:
 
 
 @cache
-def _textures() -> tuple[np.ndarray, np.ndarray]:
-    """(normal, lesion) seamless 1024x1024 RGB textures from the bundled IHC micrograph.
+def _textures() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(normal, lesion, glass noise) seamless 1024x1024 textures; the first two from the IHC micrograph.
 
     Mirroring the 512x512 micrograph makes a tile that repeats without seams. The lesion texture is the
     same tissue restained in HED space: hematoxylin boosted, DAB removed, eosin added, then zoomed
@@ -168,7 +170,9 @@ def _textures() -> tuple[np.ndarray, np.ndarray]:
     lesion = (np.clip(color.hed2rgb(restained), 0, 1) * 255).astype(np.uint8)
     lesion = _mirror(np.asarray(lesion[::2, ::2]))
     lesion = np.tile(lesion, (2, 2, 1))  # back to 1024x1024, twice as many (smaller) nuclei per area
-    return normal, lesion
+    noise = np.random.default_rng(0).integers(-2, 3, (_PERIOD, _PERIOD, 1), dtype=np.int16)
+    # Stored 2x2 so that any window up to one period is a plain slice (a view), not a gather.
+    return tuple(np.tile(t, (2, 2, 1)) for t in (normal, lesion, noise))
 
 
 def _mirror(img: np.ndarray) -> np.ndarray:
@@ -176,11 +180,26 @@ def _mirror(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
 
 
-def _texture_at(tex: np.ndarray, x: int, y: int, w: int, h: int, offset: tuple[int, int]) -> np.ndarray:
-    th, tw = tex.shape[:2]
-    ys = (np.arange(y, y + h) + offset[1]) % th
-    xs = (np.arange(x, x + w) + offset[0]) % tw
-    return tex[np.ix_(ys, xs)]
+def _texture_at(tex2: np.ndarray, x: int, y: int, w: int, h: int, offset: tuple[int, int]) -> np.ndarray:
+    """The [h, w] window at (x, y) of a texture repeating every _PERIOD px (stored 2x2 as `tex2`)."""
+    x0, y0 = (x + offset[0]) % _PERIOD, (y + offset[1]) % _PERIOD
+    if w <= _PERIOD and h <= _PERIOD:
+        return tex2[y0 : y0 + h, x0 : x0 + w]
+    return tex2[np.ix_((np.arange(h) + y0) % _PERIOD, (np.arange(w) + x0) % _PERIOD)]
+
+
+def _interp_weights(start: int, n: int, cell: float, size: int) -> tuple[int, np.ndarray]:
+    """Linear-interpolation weights [n, k] from grid nodes lo..lo+k-1 to pixels start..start+n-1."""
+    g = (np.arange(start, start + n) + 0.5) / cell
+    i0 = np.clip(np.floor(g).astype(np.int64), 0, size - 1)
+    i1 = np.minimum(i0 + 1, size - 1)
+    frac = np.clip(g - i0, 0.0, 1.0)
+    lo = int(i0.min())
+    weights = np.zeros((n, int(i1.max()) - lo + 1), np.float32)
+    rows = np.arange(n)
+    np.add.at(weights, (rows, i0 - lo), 1.0 - frac)
+    np.add.at(weights, (rows, i1 - lo), frac)
+    return lo, weights
 
 
 @dataclass
@@ -229,12 +248,10 @@ class SyntheticSlide:
         ]
 
     def _field_at(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        from scipy import ndimage
-
-        gy = (np.arange(y, y + h) + 0.5) / self.cell
-        gx = (np.arange(x, x + w) + 0.5) / self.cell
-        coords = np.stack(np.meshgrid(gy, gx, indexing="ij"))
-        return ndimage.map_coordinates(self.layout, coords, order=1, mode="nearest")
+        """Bilinear upsampling of the layout over a region, as two small matrix products."""
+        ry, wy = _interp_weights(y, h, self.cell, self.layout.shape[0])
+        rx, wx = _interp_weights(x, w, self.cell, self.layout.shape[1])
+        return wy @ self.layout[ry : ry + wy.shape[1], rx : rx + wx.shape[1]] @ wx.T
 
     def tile(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """uint8 RGB [h, w, 3] of the level-0 region at (x, y)."""
@@ -244,24 +261,29 @@ class SyntheticSlide:
         alpha = np.clip(self._field_at(x, y, w, h) * 4.0, 0.0, 1.0)  # soft tissue edge over ~1/4 field unit
         if not alpha.any():
             return out
-        normal, lesion = _textures()
+        normal, lesion, _ = _textures()
         tissue = _texture_at(normal, x, y, w, h, self.offset).astype(np.float32)
-        if self.lesions:
-            yy, xx = np.meshgrid(np.arange(y, y + h), np.arange(x, x + w), indexing="ij")
+        near = [
+            (cx, cy, r) for cx, cy, r in self.lesions if abs(cx - x - w / 2) < r + w and abs(cy - y - h / 2) < r + h
+        ]
+        if near:
+            dx = np.arange(x, x + w, dtype=np.float32)[None, :]
+            dy = np.arange(y, y + h, dtype=np.float32)[:, None]
             inside = np.zeros((h, w), np.float32)
-            for cx, cy, r in self.lesions:
-                d = np.hypot(xx - cx, yy - cy) / r
-                inside = np.maximum(inside, np.clip((1.0 - d) * 8.0, 0.0, 1.0))
-            if inside.any():
-                lt = _texture_at(lesion, x, y, w, h, self.offset).astype(np.float32)
-                tissue = tissue * (1 - inside[..., None]) + lt * inside[..., None]
+            for cx, cy, r in near:
+                d = np.sqrt((dx - cx) ** 2 + (dy - cy) ** 2) / r
+                inside = np.maximum(inside, np.clip((1.0 - d) * 8.0, 0.0, 1.0))  # sharp-ish rim, 1/8 of r
+            lt = _texture_at(lesion, x, y, w, h, self.offset).astype(np.float32)
+            tissue += (lt - tissue) * inside[..., None]
         a = alpha[..., None]
         return (tissue * a + out * (1 - a)).round().astype(np.uint8)
 
     def _glass(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Slightly warm, slightly noisy glass, like a real scan's background (and a fair test for Otsu)."""
-        rng = np.random.default_rng((self.seed, x, y))  # per-tile stream: any tile renders the same alone
-        noise = rng.integers(-2, 3, (h, w, 1), dtype=np.int16)
+        """Slightly warm, slightly noisy glass, like a real scan's background (and a fair test for Otsu).
+
+        The noise is a fixed periodic texture, so a region renders the same whether drawn whole or in tiles.
+        """
+        noise = _texture_at(_textures()[2], x, y, w, h, self.offset)
         return (np.array(_GLASS, np.int16) + noise).astype(np.uint8)
 
 
@@ -305,7 +327,7 @@ def make_demo_patches(out_dir: str | Path, n_per_class: int = 50, size: int = 64
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    for name, tex in zip(("normal", "lesion"), _textures(), strict=True):
+    for name, tex in zip(("normal", "lesion"), _textures()[:2], strict=True):
         (out_dir / name).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
             y, x = rng.integers(0, tex.shape[0] - size), rng.integers(0, tex.shape[1] - size)
