@@ -5,7 +5,14 @@ import pytest
 import torch
 from PIL import Image
 
-from pathgen.data.augment import IMAGENET_MEAN, IMAGENET_STD, HEDJitter, MultiCropAugmentation, eval_transform
+from pathgen.data.augment import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    GaussianBlur,
+    HEDJitter,
+    MultiCropAugmentation,
+    eval_transform,
+)
 
 PINK = (200, 60, 90)  # H&E-like; solarize(128) would make R < B, grayscale R == B
 
@@ -120,3 +127,14 @@ def test_eval_transform_is_deterministic_resize_and_center_crop():
     assert torch.allclose(eval_transform(32)(flat), expected[:, None, None].expand(3, 32, 32), atol=1e-5)
     # crop_pct < 1 resizes larger first, then crops the centre (ImageNet-style).
     assert eval_transform(32, crop_pct=0.875)(img).shape == (3, 32, 32)
+
+
+def test_gaussian_blur_matches_scipy():
+    from scipy.ndimage import gaussian_filter
+
+    x = torch.rand(3, 20, 30)
+    torch.manual_seed(0)
+    out = GaussianBlur(sigma=(1.2, 1.2))(x)
+    # radius 3 sigma -> 4 taps each side; torch's "reflect" padding is scipy's "mirror"
+    expected = np.stack([gaussian_filter(c.double().numpy(), 1.2, mode="mirror", truncate=4 / 1.2) for c in x])
+    np.testing.assert_allclose(out.numpy(), expected, atol=1e-5)

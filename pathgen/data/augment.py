@@ -94,11 +94,12 @@ class GaussianBlur(torch.nn.Module):
             return x
         taps = torch.arange(-radius, radius + 1, dtype=x.dtype)
         kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
-        kernel = (kernel / kernel.sum()).expand(x.shape[0], 1, 1, -1)
-        y = torch.nn.functional.pad(x[None], (radius, radius, radius, radius), mode="reflect")
-        y = torch.nn.functional.conv2d(y, kernel, groups=x.shape[0])  # along width
-        y = torch.nn.functional.conv2d(y, kernel.transpose(-1, -2), groups=x.shape[0])  # along height
-        return y[0]
+        kernel = (kernel / kernel.sum()).view(1, 1, 1, -1)
+        # Channels as a batch of 1-channel images: plain conv2d is ~3x faster than a grouped one on the CPU.
+        y = torch.nn.functional.pad(x[:, None], (radius, radius, radius, radius), mode="reflect")
+        y = torch.nn.functional.conv2d(y, kernel)  # along width
+        y = torch.nn.functional.conv2d(y, kernel.transpose(-1, -2))  # along height
+        return y[:, 0]
 
 
 def _blur(p: float) -> v2.Transform:
