@@ -104,8 +104,10 @@ class _TiatoolboxBackend:
         self.objective_power = _positive_float(info.objective_power)
 
     def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        # Baseline (level-0) location, output size in pixels of `level`, like OpenSlide's read_region.
-        return np.asarray(self.wsi.read_rect(xy, size, resolution=level, units="level", pad_mode="constant"))
+        # Baseline (level-0) location, output size in pixels of `level`, like OpenSlide's read_region;
+        # beyond the slide edge, pad with white glass.
+        region = self.wsi.read_rect(xy, size, resolution=level, units="level", pad_constant_values=255)
+        return np.asarray(region)
 
     def close(self) -> None:
         close = getattr(self.wsi, "close", None)
