@@ -1,0 +1,153 @@
+"""Data loading: patch stores (Zarr, HDF5) vs an ImageFolder of JPEG files holding the same patches.
+
+Measured side by side in one run, through the same code path (`build_dataset` -> DataLoader with the same
+workers, batch size and MultiCropAugmentation); only the source differs. The patches come from tiling the
+synthetic demo cohort with `tile_cohort`; the JPEG folder (quality 90) is written from the Zarr stores.
+
+For each source it reports patches/s into augmented multi-crop batches (the training input) and, to show
+where the time goes, patches/s with decoding only (no augmentation), plus a single-process breakdown of the
+per-patch cost of decoding vs augmenting. Sources are timed in interleaved rounds (median over rounds), so
+background load on the machine hits them alike.
+
+    python benchmarks/bench_dataloading.py                     # 4 demo slides, 2 workers, histo preset
+    python benchmarks/bench_dataloading.py --workers 4 --preset natural --rounds 5
+"""
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from pathgen.data.augment import MultiCropAugmentation, to_uint8_chw
+from pathgen.data.datasets import build_dataset
+
+
+def prepare(work: Path, n_slides: int, patch_size: int, mpp: float) -> dict[str, Path]:
+    """Demo cohort -> Zarr and HDF5 stores -> JPEG ImageFolder (one sub-folder per slide). Reused if present."""
+    from pathgen.pipeline.demo_cohort import make_demo_cohort
+    from pathgen.slide.tiler import tile_cohort
+    from pathgen.store import find_stores, open_store
+
+    labels = work / "cohort" / "labels.csv"
+    if not labels.exists():
+        make_demo_cohort(work / "cohort", n_slides=n_slides)
+    slides = work / "cohort" / "slides"
+    sources = {}
+    for fmt in ("zarr", "h5"):
+        manifest = tile_cohort(slides, work / fmt, mpp=mpp, patch_size=patch_size, fmt=fmt, workers=2)
+        sources[fmt] = manifest
+    jpeg = work / "jpeg"
+    if not jpeg.exists():
+        tmp = work / "jpeg.tmp"
+        for store_path in find_stores(sources["zarr"]):
+            with open_store(store_path) as store:
+                folder = tmp / store_path.stem
+                folder.mkdir(parents=True, exist_ok=True)
+                for i in range(len(store)):
+                    Image.fromarray(store[i]).save(folder / f"{i:05d}.jpg", quality=90)
+        tmp.rename(jpeg)
+    sources["jpeg"] = jpeg
+    return {"jpeg": sources["jpeg"], "zarr": sources["zarr"], "h5": sources["h5"]}
+
+
+def loader_rate(dataset, batch_size: int, workers: int, epochs: int) -> float:
+    """Patches/s over `epochs` passes, after one untimed pass that starts workers and warms the page cache."""
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        persistent_workers=workers > 0,
+    )
+    for _ in loader:
+        pass
+    n, t0 = 0, time.perf_counter()
+    for _ in range(epochs):
+        for batch in loader:
+            n += batch_size
+            del batch
+    return n / (time.perf_counter() - t0)
+
+
+def per_patch_ms(fn, items: list, repeat: int = 2) -> float:
+    t0 = time.perf_counter()
+    for _ in range(repeat):
+        for item in items:
+            fn(item)
+    return 1000 * (time.perf_counter() - t0) / (repeat * len(items))
+
+
+def breakdown(sources: dict[str, Path], aug: MultiCropAugmentation, n: int = 64) -> dict[str, float]:
+    """Single-process ms per patch: decode from each source, and the multi-crop augmentation itself."""
+    from pathgen.store import find_stores, open_store
+
+    torch.set_num_threads(1)  # as in a DataLoader worker
+    jpegs = sorted(sources["jpeg"].rglob("*.jpg"))[:n]
+    out = {"decode jpeg (PIL)": per_patch_ms(lambda p: to_uint8_chw(Image.open(p)), jpegs)}
+    for fmt in ("zarr", "h5"):
+        with open_store(find_stores(sources[fmt])[0]) as store:
+            idx = list(range(min(n, len(store))))
+            out[f"decode {fmt}"] = per_patch_ms(lambda i, s=store: to_uint8_chw(Image.fromarray(s[i])), idx)
+    img = Image.open(jpegs[0]).convert("RGB")
+    out["multi-crop augmentation"] = per_patch_ms(aug, [img] * 16)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--work", type=Path, default=None, help="Working folder (default: a temporary one).")
+    p.add_argument("--slides", type=int, default=4, help="Demo slides to tile (4096 x 3072 px at 0.25 mpp).")
+    p.add_argument("--mpp", type=float, default=0.25, help="Tiling resolution (0.25 = level 0: most patches).")
+    p.add_argument("--patch-size", type=int, default=256)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--epochs", type=int, default=1, help="Timed passes per round.")
+    p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds; the median is reported.")
+    p.add_argument("--preset", default="histo", choices=["histo", "natural"])
+    p.add_argument("--global-size", type=int, default=224)
+    p.add_argument("--local-size", type=int, default=96)
+    p.add_argument("--n-local", type=int, default=8)
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = args.work or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        sources = prepare(work, args.slides, args.patch_size, args.mpp)
+        aug = MultiCropAugmentation(args.global_size, args.local_size, args.n_local, preset=args.preset)
+        augmented = {name: build_dataset(src, transform=aug) for name, src in sources.items()}
+        decoded = {name: build_dataset(src, transform=to_uint8_chw) for name, src in sources.items()}
+        sizes = {name: len(ds) for name, ds in augmented.items()}
+        assert len(set(sizes.values())) == 1, f"sources hold different patch counts: {sizes}"
+        print(
+            f"{sizes['jpeg']} patches of {args.patch_size} px from {args.slides} demo slides; workers {args.workers}, "
+            f"batch {args.batch_size}, preset {args.preset}, crops 2x{args.global_size} + "
+            f"{args.n_local}x{args.local_size}; {args.rounds} interleaved rounds x {args.epochs} epoch(s), median"
+        )
+        rates: dict[str, dict[str, list[float]]] = {"augmented": {}, "decode only": {}}
+        for _ in range(args.rounds):
+            for name in sources:
+                rates["augmented"].setdefault(name, []).append(
+                    loader_rate(augmented[name], args.batch_size, args.workers, args.epochs)
+                )
+                rates["decode only"].setdefault(name, []).append(
+                    loader_rate(decoded[name], args.batch_size, args.workers, args.epochs)
+                )
+        print(f"\n{'pipeline':<14}{'source':<8}{'patches/s':>12}{'vs jpeg':>10}")
+        for pipeline, by_source in rates.items():
+            base = statistics.median(by_source["jpeg"])
+            for name, values in by_source.items():
+                rate = statistics.median(values)
+                print(f"{pipeline:<14}{name:<8}{rate:>12.1f}{rate / base:>9.2f}x")
+        print("\nsingle process, ms per patch:")
+        for what, ms in breakdown(sources, aug).items():
+            print(f"  {what:<26}{ms:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
