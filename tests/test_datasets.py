@@ -118,3 +118,15 @@ def test_align_labels_by_class_name():
     y = torch.tensor([0, 1, 2, -1])
     assert align_labels(y, ["a", "c", "z"], ["a", "b", "c"]).tolist() == [0, 2, 3, -1]
     assert align_labels(y, ["a", "b"], ["a", "b"]) is y
+
+
+def test_tiling_manifest_lists_the_usable_stores(tmp_path, stores):
+    from pathgen.store.manifest import ManifestRow, write_manifest
+
+    rows = [
+        ManifestRow("a.svs", "ok", 3, store="stores/a.zarr"),
+        ManifestRow("b.svs", "failed", error="unreadable"),
+        ManifestRow("c.svs", "skipped", 4, store="stores/c.zarr"),
+    ]
+    manifest = write_manifest(tmp_path / "manifest.csv", rows)
+    assert len(build_dataset(manifest)) == 7
