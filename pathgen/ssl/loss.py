@@ -35,15 +35,15 @@ class DINOLoss(nn.Module):
         With `skip_same`, pairs where the student sees the very crop the target came from (i == j) are left out,
         as in DINO; pass targets that come from elsewhere (a mixed target) with `skip_same=False`.
         """
-        log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1).chunk(n_crops)
-        total, n_terms = 0.0, 0
-        for i, target in enumerate(targets):
-            for j, log_p in enumerate(log_probs):
-                if skip_same and i == j:
-                    continue
-                total = total + torch.sum(-target * log_p, dim=-1).mean()
-                n_terms += 1
-        return total / n_terms
+        log_probs = F.log_softmax(student_logits.float() / self.student_temp, dim=-1)
+        log_probs = log_probs.view(n_crops, -1, log_probs.shape[-1])  # [n_crops, B, K]
+        target = torch.stack(targets)  # [n_targets, B, K]
+        # every (target i, crop j) cross-entropy at once, averaged over the batch: one contraction over (B, K)
+        pair_ce = -torch.einsum("ibk,jbk->ij", target, log_probs) / log_probs.shape[1]
+        keep = torch.ones_like(pair_ce, dtype=torch.bool)
+        if skip_same:
+            keep &= ~torch.eye(*pair_ce.shape, dtype=torch.bool, device=pair_ce.device)
+        return pair_ce[keep].mean()
 
     @torch.no_grad()
     def update_center(self, teacher_logits: torch.Tensor) -> None:
