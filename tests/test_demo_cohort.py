@@ -28,6 +28,8 @@ def test_cohort_files_and_balanced_labels(demo_cohort):
     assert sorted(r["label"] for r in rows) == ["negative", "negative", "positive", "positive"]
     for r in rows:
         assert (demo_cohort.parent / r["slide"]).is_file()
+    # no temporary levels or partial files left behind
+    assert sorted(p.name for p in (demo_cohort.parent / "slides").iterdir()) == [f"slide_{i:03d}.svs" for i in range(4)]
 
 
 def test_openslide_reads_aperio_metadata(demo_slides):
@@ -39,7 +41,8 @@ def test_openslide_reads_aperio_metadata(demo_slides):
             assert float(osr.properties["openslide.objective-power"]) == pytest.approx(40)
             assert osr.level_count == 2 and osr.dimensions == (1024, 768)
             assert osr.properties["tiff.ImageDescription"].startswith("Aperio")
-            assert "thumbnail" in osr.associated_images
+            thumb = np.asarray(osr.associated_images["thumbnail"].convert("RGB"))
+            assert 150 < thumb.mean() < 250 and thumb.std() > 10  # a real overview, not an unfilled buffer
 
 
 def test_positive_slides_hold_the_second_texture(demo_cohort):

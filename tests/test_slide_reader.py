@@ -82,6 +82,15 @@ def test_generic_tiled_tiff_with_resolution_tags(tmp_path):
         np.testing.assert_array_equal(slide.read_region((10, 20), 0, (30, 40)), img[20:60, 10:40])
 
 
+def test_jpeg_opens_as_one_level_slide(tmp_path):
+    img = np.full((40, 60, 3), (200, 120, 90), np.uint8)
+    path = tmp_path / "photo.jpg"
+    Image.fromarray(img).save(path, quality=95)
+    with open_slide(path, mpp=1.0) as slide:
+        assert slide.format == "image/jpeg" and slide.dimensions == (60, 40) and slide.level_count == 1
+        assert np.abs(slide.read_region((0, 0), 0, (60, 40)).astype(int) - img).max() <= 3
+
+
 def test_png_opens_as_one_level_slide(tmp_path):
     img = np.random.default_rng(1).integers(0, 255, (48, 80, 3), dtype=np.uint8)
     path = tmp_path / "plain.png"

@@ -90,6 +90,8 @@ def write_svs(
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if tile_size % level_factor:  # each tile must shrink to whole pixels of the level below
+        raise ValueError(f"tile_size {tile_size} is not a multiple of level_factor {level_factor}")
     min_level_side = min_level_side or tile_size
     sizes = [(width, height)]
     while max(sizes[-1]) // level_factor >= min_level_side:
@@ -103,9 +105,8 @@ def write_svs(
         metadata=None,  # no tifffile JSON: the description must stay Aperio's
     )
     desc = _aperio_description(width, height, tile_size, mpp, magnification, quality)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".svs-") as tmp, tifffile.TiffWriter(
-        path, bigtiff=width * height > 2**31
-    ) as tif:
+    partial = path.with_name(f".{path.name}.partial")  # renamed into place only once complete
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".svs-") as tmp:
         # Levels 1.. are filled as a side effect of streaming the level above: keep them on disk.
         below = [
             np.lib.format.open_memmap(Path(tmp) / f"level{i}.npy", mode="w+", dtype=np.uint8, shape=(h, w, 3))
@@ -123,29 +124,31 @@ def write_svs(
 
             return read
 
-        for level, (w, h) in enumerate(sizes):
-            tiles = _tiles(level_reader(level), w, h, tile_size)
-            tif.write(
-                tiles,
-                shape=(h, w, 3),
-                dtype=np.uint8,
-                tile=(tile_size, tile_size),
-                description=desc if level == 0 else f"Aperio Image Library pathgen\r\n{w}x{h} level {level}",
-                subfiletype=0 if level == 0 else 1,
-                **common,
-            )
-            if level == 0:
-                tif.write(_thumbnail(below[-1] if below else None, tile_fn, width, height), description=(
-                    f"Aperio Image Library pathgen\r\n{width}x{height} -> thumbnail"
-                ), **common)
+        # JPEG output is far smaller than raw pixels, so classic TIFF's 4 GiB limit only binds beyond this.
+        with tifffile.TiffWriter(partial, bigtiff=width * height * 3 > 2**32) as tif:
+            for level, (w, h) in enumerate(sizes):
+                tif.write(
+                    _tiles(level_reader(level), w, h, tile_size),
+                    shape=(h, w, 3),
+                    dtype=np.uint8,
+                    tile=(tile_size, tile_size),
+                    description=desc if level == 0 else f"Aperio Image Library pathgen\r\n{w}x{h} level {level}",
+                    subfiletype=0 if level == 0 else 1,
+                    **common,
+                )
+                if level == 0:  # level 1 is complete now; directory 1 is where Aperio keeps the thumbnail
+                    thumb = _thumbnail(below[0] if below else tile_fn(0, 0, width, height))
+                    note = f"Aperio Image Library pathgen\r\n{width}x{height} -> thumbnail"
+                    tif.write(thumb, description=note, **common)
+    partial.replace(path)
 
 
-def _thumbnail(coarsest: np.ndarray | None, tile_fn: TileFn, width: int, height: int, side: int = 768) -> np.ndarray:
-    """A small overview for TIFF directory 1, from the coarsest level (or level 0 if it is the only one)."""
+def _thumbnail(image: np.ndarray, side: int = 768) -> np.ndarray:
+    """A small overview, subsampled first so a memmapped 10,000 px level is never loaded whole."""
     from PIL import Image
 
-    img = coarsest if coarsest is not None else tile_fn(0, 0, width, height)
-    im = Image.fromarray(np.ascontiguousarray(img))
+    step = max(1, max(image.shape[:2]) // (2 * side))
+    im = Image.fromarray(np.ascontiguousarray(image[::step, ::step]))
     im.thumbnail((side, side), Image.Resampling.LANCZOS)
     return np.asarray(im)
 
