@@ -91,6 +91,13 @@ def test_jpeg_opens_as_one_level_slide(tmp_path):
         assert np.abs(slide.read_region((0, 0), 0, (60, 40)).astype(int) - img).max() <= 3
 
 
+def test_sixteen_bit_image_is_refused_not_misread(tmp_path):
+    path = tmp_path / "deep.png"
+    Image.fromarray(np.full((8, 8), 40000, np.uint16)).save(path)
+    with pytest.raises(SlideError, match="convert to 8-bit RGB"):
+        open_slide(path, mpp=0.5)
+
+
 def test_png_opens_as_one_level_slide(tmp_path):
     img = np.random.default_rng(1).integers(0, 255, (48, 80, 3), dtype=np.uint8)
     path = tmp_path / "plain.png"

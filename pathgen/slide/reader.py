@@ -20,6 +20,7 @@ from pathgen.errors import SlideError
 NO_MPP = "no microns-per-pixel in metadata or objective power; pass --slide-mpp or an mpp column"
 # Vendor formats OpenSlide reads that are never plain images; .tif/.tiff may be either, so they may fall back.
 WSI_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
+_EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
 _LEVEL_TOLERANCE = 0.01  # a level 1% coarser than asked still counts (pyramid downsamples are rarely exact)
 
 
@@ -80,6 +81,9 @@ def _load_image(path: Path):
         if img is not None:
             img.close()
         raise SlideError(path, f"corrupt or truncated {kind} file: {_one_line(err)}") from None
+    if img.mode not in _EIGHT_BIT_MODES:  # 16-bit/float images would be clipped to white, not read
+        img.close()
+        raise SlideError(path, f"{img.mode} images are not supported; convert to 8-bit RGB")
     return img
 
 
