@@ -75,6 +75,10 @@ BARE_LOOP = textwrap.dedent(
             slide.read_region((int(x), int(y)), 0, (256, 256))
     """
 )
+# The same loop through pathgen's Slide (RGBA -> RGB over white as numpy): splits tile's overhead into reader + store.
+READER_LOOP = BARE_LOOP.replace("openslide.OpenSlide(", "open_slide(").replace(
+    "import sys, numpy as np, openslide", "import sys, numpy as np\nfrom pathgen.slide import open_slide"
+)
 
 
 def store_sizes(store: Path, n_sample: int = 200) -> tuple[float, float]:
@@ -116,6 +120,7 @@ def main() -> None:
         np.save(tmp / "coords.npy", coords)
 
         bare_s, bare_rss = run_measured([sys.executable, "-c", BARE_LOOP, str(big), str(tmp / "coords.npy")])
+        reader_s, reader_rss = run_measured([sys.executable, "-c", READER_LOOP, str(big), str(tmp / "coords.npy")])
         one_s, one_rss = run_measured(tile_cmd(big, tmp / "j1", 1))
         two_s, two_rss = run_measured(tile_cmd(big, tmp / "j2", 2))
         small_s, small_rss = run_measured(tile_cmd(small, tmp / "small", 1))
@@ -129,12 +134,14 @@ def main() -> None:
     print(f"{'run':<34}{'seconds':>9}{'patches/s':>11}{'peak RSS GiB':>14}")
     for name, secs, rss in [
         ("bare openslide read_region loop", bare_s, bare_rss),
+        ("pathgen Slide.read_region loop", reader_s, reader_rss),
         ("pathgen tile, 1 worker", one_s, one_rss),
         ("pathgen tile, 2 workers", two_s, two_rss),
     ]:
         print(f"{name:<34}{secs:>9.1f}{n / secs:>11.1f}{rss:>14.2f}")
     print(f"{'pathgen tile, 1 worker, 1/4 area':<34}{small_s:>9.1f}{'':>11}{small_rss:>14.2f}")
     print(f"\n1 worker vs bare loop:   {bare_s / one_s:.2f}x  (target >= 0.7x)")
+    print(f"pathgen reader vs bare:  {bare_s / reader_s:.2f}x  (part of the tile overhead that is the reader's)")
     print(f"2 workers vs 1 worker:   {one_s / two_s:.2f}x  (target >= 1.7x)")
     print(f"peak RSS, 1 worker:      {one_rss:.2f} GiB full slide vs {small_rss:.2f} GiB quarter-area slide (< 1.5)")
     print(f"peak RSS, 2 workers:     {two_rss:.2f} GiB (parent + workers)")

@@ -73,10 +73,12 @@ def test_h5_reads_like_clam_and_trident(tmp_path, demo_slide):
         patch_level, patch_size = int(f["coords"].attrs["patch_level"]), int(f["coords"].attrs["patch_size"])
         region = _openslide_rgb(demo_slide, coords[0], patch_level, patch_size)
         assert np.abs(region - f["images"][0].astype(np.float32)).mean() < 2.0
-        # TRIDENT: the level-0 footprint and magnifications from coords.attrs
-        attrs = f["coords"].attrs
-        for key in ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification"):
-            assert key in attrs
+        # TRIDENT's read_coords: attrs = dict(f["coords"].attrs), then the level-0 footprint and magnifications
+        attrs = dict(f["coords"].attrs)
+        keys = ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap", "name")
+        assert set(keys) <= set(attrs)
+        src_mag, target_mag = attrs["level0_magnification"], attrs["target_magnification"]
+        assert attrs["patch_size_level0"] == attrs["patch_size"] * src_mag // target_mag
         assert (int(attrs["level0_width"]), int(attrs["level0_height"])) == (1024, 768)
         assert (coords + int(attrs["patch_size_level0"]) <= [1024, 768]).all()
 

@@ -227,6 +227,7 @@ def store_attrs(job: SlideJob, slide, plan, params: TileParams) -> dict:
         "level0_height": int(slide.dimensions[1]),
         "level0_magnification": _magnification(level0_mag),
         "target_magnification": _magnification(level0_mag * slide.mpp / plan.target_mpp),
+        "overlap": 0,  # TRIDENT's key; pathgen grids never overlap
         "patch_level": int(plan.level),
         "read_size": int(plan.read_size),
         "downsample": [downsample, downsample],
