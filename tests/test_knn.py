@@ -104,3 +104,19 @@ def test_knn_eval_encodes_datasets_with_the_model():
     )
     assert worse["k=5"]["top1"] < out["k=5"]["top1"]
     assert np.isfinite(worse["k=5"]["balanced_acc"])
+
+
+def test_knn_eval_builds_datasets_from_sources(tmp_path):
+    from PIL import Image
+
+    from pathgen.data.augment import eval_transform
+
+    for name, colour in (("dark", 40), ("light", 220)):
+        (tmp_path / name).mkdir()
+        for i in range(3):
+            Image.new("RGB", (12, 12), (colour + i, colour, colour)).save(tmp_path / name / f"{i}.png")
+    model = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())  # mean colour per channel
+    out = knn_eval(model, str(tmp_path), [tmp_path], transform=eval_transform(8), ks=(1,))
+    assert out["k=1"]["top1"] == 1.0
+    with pytest.raises(ValueError, match="transform"):
+        knn_eval(model, str(tmp_path), str(tmp_path))
