@@ -220,7 +220,8 @@ class SyntheticSlide:
     blank: bool = False
     tissue_cover: float = 0.45
     layout: np.ndarray = field(init=False, repr=False)
-    cell: float = field(init=False)
+    cell: float = field(init=False)  # level-0 px per layout node
+    offset: tuple[int, int] = field(init=False)  # where this slide starts in the periodic textures
     lesions: list[tuple[float, float, float]] = field(init=False, default_factory=list)  # (cx, cy, r) level 0
 
     def __post_init__(self) -> None:
@@ -242,6 +243,7 @@ class SyntheticSlide:
     def _place_lesions(self, rng: np.random.Generator) -> list[tuple[float, float, float]]:
         """2-4 small discs centred deep inside tissue (field well above zero)."""
         deep = np.argwhere(self.layout > np.quantile(self.layout[self.layout > 0], 0.5))
+        deep = deep[(deep[:, 0] * self.cell < self.height) & (deep[:, 1] * self.cell < self.width)]  # on the slide
         n = int(rng.integers(2, 5))
         side = min(self.width, self.height)
         picks = deep[rng.choice(len(deep), size=n, replace=False)]
