@@ -122,3 +122,16 @@ def test_plan_on_a_plain_image(tmp_path):
         assert plan.level == 0 and plan.read_size == 32
         np.testing.assert_array_equal(plan.coords, [[64, 32], [96, 32], [64, 64], [96, 64]])
         assert read_patch(slide, plan, plan.coords[0]).shape == (16, 16, 3)
+
+
+def test_blank_or_too_small_slides_give_an_empty_plan(tmp_path):
+    path = tmp_path / "small.png"
+    Image.fromarray(np.full((40, 50, 3), (150, 90, 60), np.uint8)).save(path)
+    with open_slide(path, mpp=0.5) as slide:
+        thumb, ds = slide.thumbnail()
+        plan = plan_patches(slide, 0.5, 64, detect_tissue(thumb), ds, 0.5)  # patch bigger than the image
+        assert plan.coords.shape == (0, 2) and plan.coords.dtype == np.int64 and len(plan.tissue_fraction) == 0
+        empty = plan_patches(slide, 0.5, 16, np.zeros_like(thumb[..., 0], bool), ds, 0.5)
+        assert len(empty) == 0
+        render_qc(thumb, np.zeros(thumb.shape[:2], bool), empty, ds, tmp_path / "qc.png")
+        assert (tmp_path / "qc.png").is_file()
