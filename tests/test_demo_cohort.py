@@ -57,7 +57,7 @@ def test_positive_slides_hold_the_second_texture(demo_cohort):
 
 
 def test_same_seed_same_pixels_other_seed_different(tmp_path):
-    a = make_demo_cohort(tmp_path / "a", n_slides=2, seed=7, width=384, height=256)
+    a = make_demo_cohort(tmp_path / "cohort ä", n_slides=2, seed=7, width=384, height=256)  # non-ASCII path
     b = make_demo_cohort(tmp_path / "b", n_slides=2, seed=7, width=384, height=256)
     c = make_demo_cohort(tmp_path / "c", n_slides=2, seed=8, width=384, height=256)
 
