@@ -1,8 +1,8 @@
 """Image augmentations: DINO's multi-crop (natural-image and H&E presets) and the evaluation transform.
 
-Everything runs on uint8 CHW tensors with torchvision.transforms.v2 for as long as possible: the image is
-converted once, each crop is cut and resized *before* the colour operations (so those touch 224² or 96²
-pixels, not the full patch), and the conversion to float happens last. All randomness comes from torch's
+Everything runs on CHW tensors with torchvision.transforms.v2: the image is converted once, each crop is
+cut and resized *before* the colour operations (so those touch 224² or 96² pixels, not the full patch), and
+pixels stay uint8 for as long as the operations allow. All randomness comes from torch's
 RNG, so `torch.manual_seed` (and the per-worker seeding of DataLoader) makes the crops reproducible.
 """
 
@@ -24,7 +24,7 @@ BLUR_SIGMA = (0.1, 2.0)
 def to_uint8_chw(img: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
     """A PIL image, uint8 HxWx3 array or uint8 3xHxW tensor as a uint8 3xHxW tensor (no copy when possible)."""
     if isinstance(img, Image.Image):
-        img = np.asarray(img.convert("RGB"))
+        img = np.array(img if img.mode == "RGB" else img.convert("RGB"))  # one writable copy
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"expected a uint8 HxWx3 array, got {img.dtype} {img.shape}")
@@ -50,6 +50,7 @@ class HEDJitter(torch.nn.Module):
     b_c ~ U(-beta, beta). rgb2hed is linear in log-RGB, so the whole round trip is one 3x3 matrix and an
     offset applied to log(rgb): cheap enough for the data-loading hot loop. Unlike skimage we do not clip
     negative stain values, so an unperturbed jitter is exactly the identity. Input/output: float 3xHxW in [0, 1].
+    Stain units are skimage's (optical density / ln(1e6)): beta = 0.01 shifts optical density by up to ~0.14.
     """
 
     def __init__(self, alpha: float = 0.05, beta: float = 0.01):
