@@ -103,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--width", type=int, default=40000)
     parser.add_argument("--height", type=int, default=30000)
+    parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions; medians are reported")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pathgen-bench")
     args = parser.parse_args()
     args.cache.mkdir(parents=True, exist_ok=True)
@@ -119,10 +120,21 @@ def main() -> None:
             coords, n = s.coords, len(s)
         np.save(tmp / "coords.npy", coords)
 
-        bare_s, bare_rss = run_measured([sys.executable, "-c", BARE_LOOP, str(big), str(tmp / "coords.npy")])
-        reader_s, reader_rss = run_measured([sys.executable, "-c", READER_LOOP, str(big), str(tmp / "coords.npy")])
-        one_s, one_rss = run_measured(tile_cmd(big, tmp / "j1", 1))
-        two_s, two_rss = run_measured(tile_cmd(big, tmp / "j2", 2))
+        runs = {
+            "bare": [sys.executable, "-c", BARE_LOOP, str(big), str(tmp / "coords.npy")],
+            "reader": [sys.executable, "-c", READER_LOOP, str(big), str(tmp / "coords.npy")],
+            "j1": tile_cmd(big, tmp / "j1", 1, "--overwrite"),
+            "j2": tile_cmd(big, tmp / "j2", 2, "--overwrite"),
+        }
+        # Rounds interleave the runs (A B C D A B C D ...) so that background load hits them alike; medians.
+        times: dict[str, list] = {k: [] for k in runs}
+        for r in range(args.rounds):
+            for name, cmd in runs.items():
+                times[name].append(run_measured(cmd))
+                print(f"  round {r + 1}: {name:<7}{times[name][-1][0]:7.1f} s", flush=True)
+        (bare_s, bare_rss), (reader_s, reader_rss), (one_s, one_rss), (two_s, two_rss) = (
+            (float(np.median([t for t, _ in v])), max(m for _, m in v)) for v in times.values()
+        )
         small_s, small_rss = run_measured(tile_cmd(small, tmp / "small", 1))
         with open_store(tmp / "j1" / f"{big.stem}.zarr") as a, open_store(tmp / "j2" / f"{big.stem}.zarr") as b:
             assert len(a) == len(b) == n and (a.coords == b.coords).all()
@@ -130,7 +142,8 @@ def main() -> None:
         n_files = sum(1 for p in (tmp / "j1" / f"{big.stem}.zarr").rglob("*") if p.is_file())
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    print(f"\nslide {args.width} x {args.height} px at 0.25 mpp (40x), {n} tissue patches of 256 px, {cores} cores")
+    print(f"\nslide {args.width} x {args.height} px at 0.25 mpp (40x), {n} tissue patches of 256 px, {cores} cores,")
+    print(f"median of {args.rounds} interleaved round(s); load average at the end {os.getloadavg()[0]:.1f}")
     print(f"{'run':<34}{'seconds':>9}{'patches/s':>11}{'peak RSS GiB':>14}")
     for name, secs, rss in [
         ("bare openslide read_region loop", bare_s, bare_rss),

@@ -7,6 +7,7 @@ import numpy as np
 import openslide
 import pytest
 
+import pathgen.store.writer as store_writer
 from pathgen.errors import StoreError
 from pathgen.slide.tiler import tile_cohort
 from pathgen.store import PatchStoreWriter, find_stores, open_store
@@ -167,3 +168,27 @@ def test_find_stores(tmp_path):
     assert [p.name for p in find_stores(tmp_path / "manifest.csv")] == ["a.zarr", "c.zarr"]
     with pytest.raises(StoreError, match="nothing"):
         find_stores(tmp_path / "nothing")
+
+
+def test_direct_shard_writes_are_what_zarr_writes(tmp_path, monkeypatch):
+    """The tiler's fast shard writer produces byte-identical files to Zarr's own writer (and Zarr reads them)."""
+    from pathgen.store.writer import write_images_shard
+
+    monkeypatch.setattr(store_writer, "SHARD_BYTES", 8 * 8 * 3 * 16)  # 16 patches per shard
+    images = np.random.default_rng(0).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    coords = np.zeros((40, 2))
+    with PatchStoreWriter(tmp_path / "zarr.zarr", coords, np.ones(40), 8, {}) as ref:
+        ref.write(0, images)
+    with PatchStoreWriter(tmp_path / "fast.zarr", coords, np.ones(40), 8, {}) as fast:
+        assert fast.shard == 16
+        for start in (32, 0, 16):  # any order; the last shard is partial
+            write_images_shard(fast.images_path, start, images[start : start + 16], fast.shard)
+    ref_files = sorted((tmp_path / "zarr.zarr" / "images" / "c").rglob("*"))
+    assert len([p for p in ref_files if p.is_file()]) == 3
+    for p in ref_files:
+        if p.is_file():
+            assert p.read_bytes() == (tmp_path / "fast.zarr" / p.relative_to(tmp_path / "zarr.zarr")).read_bytes()
+    with open_store(tmp_path / "fast.zarr") as store:
+        np.testing.assert_array_equal(store.read(np.arange(40)), images)
+    with pytest.raises(ValueError, match="shard"):
+        write_images_shard(fast.images_path, 5, images[:3], 16)

@@ -163,6 +163,7 @@ class ChunkTask:
     plan: object  # PatchPlan restricted to this chunk's coords
     start: int
     images_path: str | None  # Zarr: write here in the worker; None: send the pixels back
+    shard: int = 0  # patches per Zarr shard
 
 
 def read_chunk(task: ChunkTask) -> tuple[str, int, object]:
@@ -180,7 +181,7 @@ def read_chunk(task: ChunkTask) -> tuple[str, int, object]:
             batch[i] = read_patch(slide, task.plan, (int(xy[0]), int(xy[1])))
         if task.images_path is None:
             return "ok", task.start, batch
-        write_images_shard(task.images_path, task.start, batch)
+        write_images_shard(task.images_path, task.start, batch, task.shard)
         return "ok", task.start, len(batch)
     except Exception as err:  # noqa: BLE001 - any failure fails this slide only, with a one-line reason
         return "error", task.start, _one_line(err)
@@ -337,7 +338,7 @@ def _chunk_tasks(run: _SlideRun, params: TileParams) -> Iterator[ChunkTask]:
         if run.error:
             return
         sub = replace(run.plan, coords=run.plan.coords[a:b], tissue_fraction=run.plan.tissue_fraction[a:b])
-        yield ChunkTask(str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images)
+        yield ChunkTask(str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images, run.writer.shard)
 
 
 def _finish(run: _SlideRun) -> ManifestRow:
