@@ -93,6 +93,14 @@ def test_linear_cli_with_exported_encoder_and_test_set(folder, tmp_path):
     x = transform(Image.open(next(folder.glob("lesion/*.png"))))
     assert x.shape == (3, 24, 24)
     assert model(x[None]).shape == (1, 32)
+    # random:<path> is the same architecture and preprocessing at (seeded) random init.
+    rand, rand_transform = resolve_encoder(f"random:{tmp_path / 'enc'}", img_size=24)
+    assert torch.equal(rand_transform(Image.open(next(folder.glob("lesion/*.png")))), x)
+    with torch.no_grad():
+        assert rand(x[None]).shape == (1, 32) and not torch.allclose(rand(x[None]), model(x[None]))
+        assert torch.equal(rand(x[None]), resolve_encoder(f"random:{tmp_path / 'enc'}", img_size=24)[0](x[None]))
+    result = _run("eval", "knn", "-e", f"random:{tmp_path / 'enc'}", "--train", str(folder), "--k", "3")
+    assert result.exit_code == 0 and "k=3" in result.output, result.output
 
 
 def test_timm_baseline_is_random_init_seeded_and_any_size():
@@ -110,6 +118,7 @@ def test_timm_baseline_is_random_init_seeded_and_any_size():
     "args, message",
     [
         (["--encoder", "no/such/encoder"], "no/such/encoder"),
+        (["--encoder", "random:no/such/encoder"], "no/such/encoder"),
         (["--encoder", "timm:not_a_model"], "not_a_model"),
         (["--encoder", TINY_VIT, "--train", "no/such/folder"], "no/such/folder"),
     ],

@@ -7,8 +7,9 @@ import typer
 from pathgen.cli.app import eval_app
 
 ENCODER_HELP = (
-    "An encoder exported by `pathgen pretrain ssl` (encoder.safetensors or its folder), or timm:<name> "
-    "for that timm architecture at RANDOM init (the baseline; nothing is downloaded)."
+    "An encoder exported by `pathgen pretrain ssl` (encoder.safetensors or its folder); random:<that path> for "
+    "its architecture at RANDOM init (the fair baseline); or timm:<name> for a timm architecture at random init. "
+    "Nothing is downloaded."
 )
 TRAIN_HELP = (
     "Labelled training data: an ImageFolder (one sub-folder per class), a CSV with columns path,label "
@@ -17,55 +18,10 @@ TRAIN_HELP = (
 TEST_HELP = "Labelled test data, as --train. Without it, a seeded stratified split of --train is held out."
 
 
-def _evaluate(
-    method: str,
-    encoder: str,
-    train: list[str],
-    test: list[str] | None,
-    img_size: int | None,
-    batch_size: int,
-    workers: int,
-    test_fraction: float,
-    seed: int,
-    device: str | None,
-) -> tuple[dict, tuple]:
-    """Resolve the encoder, build the datasets, extract features: (JSON payload's common part, features)."""
-    from pathgen import __version__
-    from pathgen.data.datasets import build_dataset, dataset_classes, split_stratified
-    from pathgen.device import get_device
-    from pathgen.eval.encoders import resolve_encoder
-    from pathgen.eval.features import encode_splits
-
-    model, transform = resolve_encoder(encoder, img_size=img_size, seed=seed)
-    train_set = build_dataset(train, transform=transform)
-    if test:
-        test_set = build_dataset(test, transform=transform)
-    else:
-        train_set, test_set = split_stratified(train_set, test_fraction=test_fraction, seed=seed)
-    dev = get_device(device)
-    train_x, train_y, test_x, test_y = encode_splits(
-        model.to(dev), train_set, test_set, batch_size=batch_size, num_workers=workers, device=dev
-    )
-    payload = {
-        "method": method,
-        "encoder": encoder,
-        "train": [str(s) for s in train],
-        "test": [str(s) for s in test] if test else f"stratified {test_fraction:g} split of train (seed {seed})",
-        "classes": dataset_classes(train_set),
-        "n_train": len(train_y),
-        "n_test": len(test_y),
-        "feature_dim": int(train_x.shape[1]),
-        "pathgen_version": __version__,
-    }
-    return payload, (train_x, train_y, test_x, test_y)
-
-
-def _finish(title: str, payload: dict, results: dict, primary: str, out: Path | None) -> None:
+def _report(title: str, payload: dict, out: Path | None) -> None:
     from pathgen.eval.report import print_results, write_json
 
-    payload.update(top1=results[primary]["top1"], balanced_acc=results[primary]["balanced_acc"], primary=primary)
-    payload["results"] = results
-    print_results(title, results)
+    print_results(title, payload["results"])
     if out is not None:
         typer.echo(f"wrote {write_json(out, payload)}")
 
@@ -91,15 +47,23 @@ def knn(
 
     Example: pathgen eval knn --encoder runs/ssl/encoder.safetensors --train patches/ --img-size 64
     """
-    from pathgen.eval.knn import knn_classify
+    from pathgen.eval.run import evaluate_encoder
 
-    payload, features = _evaluate(
-        "knn", encoder, train, test, img_size, batch_size, workers, test_fraction, seed, device
+    payload = evaluate_encoder(
+        "knn",
+        encoder,
+        train,
+        test,
+        img_size=img_size,
+        ks=tuple(k),
+        temperature=temperature,
+        batch_size=batch_size,
+        workers=workers,
+        test_fraction=test_fraction,
+        seed=seed,
+        device=device,
     )
-    results = knn_classify(*features, ks=tuple(k), temperature=temperature)
-    payload["temperature"] = temperature
-    primary = "k=20" if 20 in k else f"k={k[0]}"
-    _finish(f"kNN: {encoder}", payload, results, primary, out)
+    _report(f"kNN: {encoder}", payload, out)
 
 
 @eval_app.command("linear")
@@ -124,10 +88,19 @@ def linear(
 
     Example: pathgen eval linear --encoder timm:vit_small_patch16_224 --train patches/ --img-size 64
     """
-    from pathgen.eval.linear import linear_probe
+    from pathgen.eval.run import evaluate_encoder
 
-    payload, features = _evaluate(
-        "linear", encoder, train, test, img_size, batch_size, workers, test_fraction, seed, device
+    payload = evaluate_encoder(
+        "linear",
+        encoder,
+        train,
+        test,
+        img_size=img_size,
+        C=c,
+        batch_size=batch_size,
+        workers=workers,
+        test_fraction=test_fraction,
+        seed=seed,
+        device=device,
     )
-    results = {"linear": linear_probe(*features, C=c, seed=seed)}
-    _finish(f"Linear probe: {encoder}", payload, results, "linear", out)
+    _report(f"Linear probe: {encoder}", payload, out)

@@ -8,6 +8,7 @@ import torch
 from pathgen.errors import ConfigError
 
 TIMM_PREFIX = "timm:"
+RANDOM_PREFIX = "random:"
 
 
 def _normalize_params(transform: Callable) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
@@ -40,23 +41,43 @@ def _timm_baseline(spec: str, name: str, img_size: int | None, seed: int) -> tup
     return model.eval(), eval_transform(size, mean=cfg["mean"], std=cfg["std"])
 
 
+def _random_like(spec: str, path: Path, seed: int) -> torch.nn.Module:
+    """The architecture of an exported encoder (its encoder.json) at random init: same model, no training."""
+    import json
+
+    from pathgen.ssl.export import META, WEIGHTS, create_backbone
+
+    meta_path = (path if path.is_dir() else path.parent) / META
+    if not meta_path.is_file():
+        raise ConfigError(spec, f"no {META} next to the encoder (expected an exported encoder or its {WEIGHTS})")
+    meta = json.loads(meta_path.read_text())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return create_backbone(meta["model_name"], meta["img_size"], meta["model_kwargs"]).eval()
+
+
 def resolve_encoder(spec: str, img_size: int | None = None, seed: int = 0) -> tuple[torch.nn.Module, Callable]:
     """(model mapping [B,3,H,W] -> [B,D] in eval mode, PIL -> normalised tensor) for an encoder spec.
 
     spec is either
       - a path to an encoder exported by `pathgen pretrain ssl` (the .safetensors file or its folder), or
+      - "random:<path>": the same architecture and preprocessing as that exported encoder, at RANDOM init
+        (seeded): the fair baseline for it, since only the training differs;
       - "timm:<name>", e.g. "timm:vit_small_patch16_224": that timm architecture at RANDOM initialisation
-        (pretrained=False, num_classes=0), the baseline any trained encoder should beat. Nothing is downloaded.
+        (pretrained=False, num_classes=0). Nothing is ever downloaded.
     img_size overrides the input size (ViTs adapt their position embeddings to it).
     """
     if spec.startswith(TIMM_PREFIX):
         return _timm_baseline(spec, spec[len(TIMM_PREFIX) :], img_size, seed)
-    path = Path(spec)
+    random_init = spec.startswith(RANDOM_PREFIX)
+    path = Path(spec[len(RANDOM_PREFIX) :] if random_init else spec)
     if not path.exists():
         raise ConfigError(spec, "no such encoder file or folder (give an exported encoder or timm:<model name>)")
     from pathgen.ssl.export import load_encoder
 
     model, transform = load_encoder(path)
+    if random_init:
+        model = _random_like(spec, path, seed)
     if img_size is not None:
         from pathgen.data.augment import eval_transform
 
