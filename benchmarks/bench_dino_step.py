@@ -7,7 +7,7 @@ and the same seed. Only the DINO parts differ:
     pathgen: pathgen.ssl.head.DINOHead + MultiCropModel, pathgen.ssl.loss.DINOLoss, timm ModelEmaV3 teacher
     lightly: lightly DINOProjectionHead, lightly.loss.DINOLoss, lightly.models.utils.update_momentum
 
-The two are timed alternately (A B A B ...) so that machine noise hits both alike; we report the median step.
+The two are timed alternately (A B, B A, A B ...) so that machine noise hits both alike; we report the median step.
 
     .venv/bin/python benchmarks/bench_dino_step.py                 # ViT-S/16, 96/48 px crops, batch 8
     .venv/bin/python benchmarks/bench_dino_step.py --global-size 224 --local-size 96 --n-local 8
@@ -113,7 +113,8 @@ def main() -> None:
     impls = {"pathgen": PathgenStep(args, device), "lightly": LightlyStep(args, device)}
     times: dict[str, list[float]] = {name: [] for name in impls}
     for i in range(args.warmup + args.steps):
-        for name, step in impls.items():
+        order = list(impls.items()) if i % 2 == 0 else list(impls.items())[::-1]  # cancel order effects
+        for name, step in order:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
