@@ -130,3 +130,11 @@ def test_tiling_manifest_lists_the_usable_stores(tmp_path, stores):
     ]
     manifest = write_manifest(tmp_path / "manifest.csv", rows)
     assert len(build_dataset(manifest)) == 7
+
+
+def test_tiling_output_folder_is_stores_not_an_image_folder(tmp_path, stores):
+    qc = tmp_path / "stores" / "qc"  # `pathgen tile` writes QC pictures beside the stores
+    qc.mkdir()
+    Image.new("RGB", (8, 8)).save(qc / "a.png")
+    ds = build_dataset(tmp_path / "stores")
+    assert len(ds) == 9 and not hasattr(ds, "imgs")

@@ -35,6 +35,13 @@ def _is_image_folder(folder: Path) -> bool:
     return False
 
 
+def _holds_stores(folder: Path) -> bool:
+    """A `pathgen tile` output folder: stores or a manifest at the top (its qc/ PNGs are not a class)."""
+    return any(
+        p.suffix in (".zarr", ".h5") or (p.name.startswith("manifest") and p.suffix == ".csv") for p in folder.iterdir()
+    )
+
+
 def _csv_columns(path: Path) -> list[str]:
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -52,7 +59,7 @@ def _kind(source: Source) -> str:
         raise ConfigError(source, "no such file or folder")
     if path.suffix == ".csv" and path.is_file():
         return "labelled_csv" if {"path", "label"} <= set(_csv_columns(path)) else "stores"
-    if path.is_dir() and path.suffix != ".zarr" and _is_image_folder(path):
+    if path.is_dir() and path.suffix != ".zarr" and not _holds_stores(path) and _is_image_folder(path):
         return "imagefolder"
     return "stores"
 
