@@ -41,11 +41,17 @@ def cached_slide(cache: Path, width: int, height: int) -> Path:
     return path
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GiB summed over the process tree) for one command; it must succeed."""
+def run_measured(cmd: list[str]) -> tuple[float, float, float]:
+    """(wall seconds, peak RSS GiB summed over the process tree, CPU seconds of the tree) for one command."""
+    import resource
+
     import psutil
 
-    t0 = time.perf_counter()
+    def cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant, workers included
+        return usage.ru_utime + usage.ru_stime
+
+    cpu0, t0 = cpu(), time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     root, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
@@ -58,7 +64,7 @@ def run_measured(cmd: list[str]) -> tuple[float, float]:
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
-    return seconds, peak / 2**30
+    return seconds, peak / 2**30, cpu() - cpu0
 
 
 def tile_cmd(slide: Path, out: Path, workers: int, *extra: str) -> list[str]:
@@ -132,10 +138,10 @@ def main() -> None:
             for name, cmd in runs.items():
                 times[name].append(run_measured(cmd))
                 print(f"  round {r + 1}: {name:<7}{times[name][-1][0]:7.1f} s", flush=True)
-        (bare_s, bare_rss), (reader_s, reader_rss), (one_s, one_rss), (two_s, two_rss) = (
-            (float(np.median([t for t, _ in v])), max(m for _, m in v)) for v in times.values()
-        )
-        small_s, small_rss = run_measured(tile_cmd(small, tmp / "small", 1))
+        # Per run: median wall seconds, largest peak RSS, median CPU seconds.
+        med = {k: (np.median([r[0] for r in v]), max(r[1] for r in v), np.median([r[2] for r in v])) for k, v in times.items()}  # noqa: E501
+        (bare_s, _, bare_cpu), (reader_s, _, reader_cpu), (one_s, one_rss, one_cpu), (two_s, two_rss, _) = med.values()
+        small_s, small_rss, _ = run_measured(tile_cmd(small, tmp / "small", 1))
         with open_store(tmp / "j1" / f"{big.stem}.zarr") as a, open_store(tmp / "j2" / f"{big.stem}.zarr") as b:
             assert len(a) == len(b) == n and (a.coords == b.coords).all()
         store_bpp, jpeg_bpp = store_sizes(tmp / "j1" / f"{big.stem}.zarr")
@@ -144,17 +150,13 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"\nslide {args.width} x {args.height} px at 0.25 mpp (40x), {n} tissue patches of 256 px, {cores} cores,")
     print(f"median of {args.rounds} interleaved round(s); load average at the end {os.getloadavg()[0]:.1f}")
-    print(f"{'run':<34}{'seconds':>9}{'patches/s':>11}{'peak RSS GiB':>14}")
-    for name, secs, rss in [
-        ("bare openslide read_region loop", bare_s, bare_rss),
-        ("pathgen Slide.read_region loop", reader_s, reader_rss),
-        ("pathgen tile, 1 worker", one_s, one_rss),
-        ("pathgen tile, 2 workers", two_s, two_rss),
-    ]:
-        print(f"{name:<34}{secs:>9.1f}{n / secs:>11.1f}{rss:>14.2f}")
-    print(f"{'pathgen tile, 1 worker, 1/4 area':<34}{small_s:>9.1f}{'':>11}{small_rss:>14.2f}")
-    print(f"\n1 worker vs bare loop:   {bare_s / one_s:.2f}x  (target >= 0.7x)")
-    print(f"pathgen reader vs bare:  {bare_s / reader_s:.2f}x  (part of the tile overhead that is the reader's)")
+    print(f"{'run':<34}{'seconds':>9}{'patches/s':>11}{'CPU s':>8}{'peak RSS GiB':>14}")
+    names = ["bare openslide read_region loop", "pathgen Slide.read_region loop", "pathgen tile, 1 worker"]
+    for name, (secs, rss, cpu_s) in zip([*names, "pathgen tile, 2 workers"], med.values(), strict=True):
+        print(f"{name:<34}{secs:>9.1f}{n / secs:>11.1f}{cpu_s:>8.1f}{rss:>14.2f}")
+    print(f"{'pathgen tile, 1 worker, 1/4 area':<34}{small_s:>9.1f}{'':>19}{small_rss:>14.2f}")
+    print(f"\n1 worker vs bare loop:   {bare_s / one_s:.2f}x (target >= 0.7x); CPU seconds {bare_cpu / one_cpu:.2f}x")
+    print(f"pathgen reader vs bare:  {bare_s / reader_s:.2f}x; in CPU seconds {bare_cpu / reader_cpu:.2f}x")
     print(f"2 workers vs 1 worker:   {one_s / two_s:.2f}x  (target >= 1.7x)")
     print(f"peak RSS, 1 worker:      {one_rss:.2f} GiB full slide vs {small_rss:.2f} GiB quarter-area slide (< 1.5)")
     print(f"peak RSS, 2 workers:     {two_rss:.2f} GiB (parent + workers)")

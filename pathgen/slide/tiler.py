@@ -378,7 +378,14 @@ def _executor(workers: int):
         return _InlineExecutor()
     # OpenSlide handles are not fork-safe: workers start clean (forkserver on Linux, spawn elsewhere).
     method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    return ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
+    for _ in range(workers):  # start the workers (and their imports) now, while the parent plans the first slide
+        pool.submit(_warm_up)
+    return pool
+
+
+def _warm_up() -> None:
+    import pathgen.slide  # noqa: F401  (openslide, PIL, numpy)
 
 
 def _progress():
