@@ -120,14 +120,14 @@ def _crop_transform(
     crop = v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
     to_float = v2.ToDtype(torch.float32, scale=True)
     normalize = v2.Normalize(mean, std)
-    if preset == "natural":  # DINO's DataAugmentationDINO, operating on uint8 until the end
+    if preset == "natural":  # DINO's DataAugmentationDINO
         return v2.Compose(
             [
                 crop,
                 v2.RandomHorizontalFlip(),
+                to_float,  # torchvision's colour ops convert uint8 to float internally anyway, once per op
                 v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4, saturation=0.2, hue=0.1)], p=0.8),
                 v2.RandomGrayscale(p=0.2),
-                to_float,
                 _blur(blur_p),
                 v2.RandomSolarize(threshold=128 / 255, p=solarize_p),  # PIL's solarize(128) on [0, 1] floats
                 normalize,
