@@ -75,3 +75,17 @@ def test_load_encoder_errors_are_one_line(tmp_path):
     (tmp_path / "encoder.safetensors").write_bytes(b"not weights")
     with pytest.raises(PathgenError, match="encoder metadata not found"):
         load_encoder(tmp_path / "encoder.safetensors")
+
+
+def test_cli_export_only(run, tmp_path):
+    from typer.testing import CliRunner
+
+    from pathgen.cli import app
+
+    result = CliRunner().invoke(
+        app, ["pretrain", "ssl", "--export-only", str(run / "checkpoints" / "last.pt"), "--out", str(tmp_path)]
+    )
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "encoder.safetensors").is_file() and (tmp_path / "encoder.json").is_file()
+    missing = CliRunner().invoke(app, ["pretrain", "ssl", "--export-only", str(tmp_path / "nope.pt")])
+    assert missing.exit_code == 1 and missing.output.strip() == f"error: {tmp_path / 'nope.pt'}: checkpoint not found"
