@@ -42,29 +42,31 @@ def cached_slide(cache: Path, width: int, height: int) -> Path:
 
 
 def run_measured(cmd: list[str]) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS GiB summed over the process tree, CPU seconds of the tree) for one command."""
-    import resource
+    """(wall seconds, peak RSS GiB summed over the process tree, CPU seconds of the tree) for one command.
 
+    The tree is sampled every 20 ms; each process counts with the last CPU time seen for it.
+    """
     import psutil
 
-    def cpu() -> float:
-        usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # every waited-for descendant, workers included
-        return usage.ru_utime + usage.ru_stime
-
-    cpu0, t0 = cpu(), time.perf_counter()
+    t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root, peak = psutil.Process(proc.pid), 0
+    root, peak, cpu = psutil.Process(proc.pid), 0, {}
     while proc.poll() is None:
         try:
-            procs = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in procs if p.is_running()))
-        except psutil.Error:
+            rss = 0
+            for p in [root, *root.children(recursive=True)]:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    times = p.cpu_times()
+                    cpu[p.pid] = times.user + times.system
+            peak = max(peak, rss)
+        except psutil.Error:  # a process ended between listing and reading it
             pass
         time.sleep(0.02)
     seconds = time.perf_counter() - t0
     if proc.returncode != 0:
         sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
-    return seconds, peak / 2**30, cpu() - cpu0
+    return seconds, peak / 2**30, sum(cpu.values())
 
 
 def tile_cmd(slide: Path, out: Path, workers: int, *extra: str) -> list[str]:
