@@ -192,3 +192,26 @@ def test_direct_shard_writes_are_what_zarr_writes(tmp_path, monkeypatch):
         np.testing.assert_array_equal(store.read(np.arange(40)), images)
     with pytest.raises(ValueError, match="shard"):
         write_images_shard(fast.images_path, 5, images[:3], 16)
+
+
+def test_fast_patch_reads_match_zarr(tmp_path, monkeypatch):
+    """PatchStore's direct shard reader returns exactly what Zarr returns, fill for unwritten patches."""
+    monkeypatch.setattr(store_writer, "SHARD_BYTES", 8 * 8 * 3 * 16)  # 16 patches per shard
+    images = np.random.default_rng(1).integers(0, 256, (40, 8, 8, 3), dtype=np.uint8)
+    with PatchStoreWriter(tmp_path / "s.zarr", np.zeros((40, 2)), np.ones(40), 8, {}) as w:
+        w.write(0, images[:16])  # shard 0 whole, shard 1 never written, shard 2 partly
+        w.write(32, images[32:36])
+    import zarr
+
+    reference = zarr.open_array(tmp_path / "s.zarr" / "images", mode="r")[:]
+    with open_store(tmp_path / "s.zarr") as store:
+        assert store._fast is not None
+        for i in range(40):
+            np.testing.assert_array_equal(store[i], reference[i])
+        assert (store[20] == 255).all() and (store[39] == 255).all()
+    shard0 = tmp_path / "s.zarr" / "images" / "c" / "0" / "0" / "0" / "0"
+    data = bytearray(shard0.read_bytes())
+    data[-10] ^= 0xFF  # damage the index
+    shard0.write_bytes(bytes(data))
+    with open_store(tmp_path / "s.zarr") as store, pytest.raises(StoreError, match="checksum"):
+        store[3]
