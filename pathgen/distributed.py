@@ -58,6 +58,15 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_gather_object(obj) -> list:
+    """[obj of rank 0, obj of rank 1, ...] (a one-element list in a single process)."""
+    if not is_distributed():
+        return [obj]
+    gathered = [None] * get_world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
 def distributed_sampler(dataset, seed: int, shuffle: bool = True, drop_last: bool = True):
     """A DistributedSampler that also works without a process group (world of 1).
 

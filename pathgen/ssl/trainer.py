@@ -26,6 +26,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from pathgen.config import SSLConfig, save_config
 from pathgen.device import autocast
 from pathgen.distributed import (
+    all_gather_object,
     all_reduce_mean,
     barrier,
     distributed_sampler,
@@ -36,7 +37,14 @@ from pathgen.distributed import (
     is_main_process,
 )
 from pathgen.errors import ConfigError
-from pathgen.ssl.checkpoint import load_checkpoint, resolve_resume, rng_state, save_checkpoint, set_rng_state
+from pathgen.ssl.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from pathgen.ssl.export import create_backbone, export_encoder
 from pathgen.ssl.head import DINOHead, MultiCropModel
 from pathgen.ssl.loss import DINOLoss
@@ -260,13 +268,19 @@ def train(
     step = 0
     if resume_path is not None:
         state = load_checkpoint(resume_path, map_location=device)
-        student.load_state_dict(state["student"])
-        teacher.module.load_state_dict(state["teacher"])
-        optimizer.load_state_dict(state["optimizer"])
-        dino_loss.load_state_dict(state["dino_loss"])
+        try:
+            student.load_state_dict(state["student"])
+            teacher.module.load_state_dict(state["teacher"])
+            optimizer.load_state_dict(state["optimizer"])
+            dino_loss.load_state_dict(state["dino_loss"])
+        except (KeyError, RuntimeError, ValueError) as err:
+            raise CheckpointError(resume_path, f"does not match the configured model ({type(err).__name__})") from None
         step = int(state["step"])
-        if rank == 0:  # the RNG state saved is rank 0's; other ranks continue from their own seed
-            set_rng_state(state["rng"])
+        if state["iters_per_epoch"] != iters_per_epoch:
+            warnings.warn(f"{resume_path}: saved with {state['iters_per_epoch']} steps per epoch, now "
+                          f"{iters_per_epoch} (other data, batch or world size): the resume is not exact", stacklevel=2)
+        if len(state["rng"]) == world:  # each rank continues its own random streams
+            set_rng_state(state["rng"][rank])
         else:
             seed_everything(cfg.run.seed + rank + step)
 
@@ -285,12 +299,13 @@ def train(
             f.write(json.dumps(record) + "\n")
 
     def checkpoint(epoch: int, numbered: bool) -> None:
+        rng = all_gather_object(rng_state())  # every rank's RNG streams, so that a DDP resume is exact too
         if not is_main_process():
             return
         state = {
             "student": student.state_dict(), "teacher": teacher.module.state_dict(),
             "optimizer": optimizer.state_dict(), "dino_loss": dino_loss.state_dict(),
-            "step": step, "epoch": epoch, "iters_per_epoch": iters_per_epoch, "rng": rng_state(),
+            "step": step, "epoch": epoch, "iters_per_epoch": iters_per_epoch, "rng": rng,
             "config": config_dict, "mean": list(mean), "std": list(std),
         }
         save_checkpoint(state, ckpt_dir / "last.pt")
