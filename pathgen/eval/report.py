@@ -15,7 +15,7 @@ def results_table(title: str, results: dict[str, dict[str, float]]) -> Table:
     table.add_column("top-1 %", justify="right")
     table.add_column("balanced acc %", justify="right")
     for name, res in results.items():
-        if "k_used" in res and f"k={res['k_used']}" != name:
+        if name.startswith("k=") and "k_used" in res and f"k={res['k_used']}" != name:
             name = f"{name} (k={res['k_used']} used)"  # clipped to the training set size
         table.add_row(name, f"{100 * res['top1']:.2f}", f"{100 * res['balanced_acc']:.2f}")
     return table
