@@ -96,6 +96,13 @@ def test_bad_files_fail_with_reason_and_others_carry_on(demo_slide, tmp_path):
     assert sorted(p.name for p in find_stores(tmp_path / "out")) == ["good.zarr"]
 
 
+def test_output_inside_the_slide_folder_is_not_tiled(tmp_path):
+    blank = make_blank_slide(tmp_path / "blank.svs", width=512, height=384)
+    for _ in range(2):  # the rerun must not pick up out/qc/blank.png as a slide
+        rows = _rows(tile_cohort([tmp_path], tmp_path / "out", **TILE))
+        assert list(rows) == [blank.name]
+
+
 def test_empty_slide_gives_zero_patches_ok(tmp_path, capsys):
     blank = make_blank_slide(tmp_path / "blank.svs", width=512, height=384)
     rows = _rows(tile_cohort([blank], tmp_path / "out", **TILE))

@@ -81,10 +81,11 @@ def _read_slide_csv(path: Path, default_mpp: float | None) -> list[SlideJob]:
     return jobs
 
 
-def _slides_in(folder: Path) -> list[Path]:
+def _slides_in(folder: Path, skip: Path | None = None) -> list[Path]:
     found = []
     for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.endswith(".zarr")]  # never descend into our own stores
+        # Never descend into stores, nor into the output folder (its qc/*.png are not slides).
+        dirs[:] = [d for d in dirs if not d.endswith(".zarr") and (skip is None or Path(root, d).resolve() != skip)]
         dicom_taken = False
         for name in sorted(files):
             suffix = Path(name).suffix.lower()
@@ -97,15 +98,19 @@ def _slides_in(folder: Path) -> list[Path]:
     return found
 
 
-def list_slides(sources: Iterable[str | Path], slide_mpp: float | None = None) -> list[SlideJob]:
-    """Slides from files, folders (recursive) and CSV lists (column slide or path, optional mpp), sorted by path."""
+def list_slides(
+    sources: Iterable[str | Path], slide_mpp: float | None = None, out_dir: str | Path | None = None
+) -> list[SlideJob]:
+    """Slides from files, folders (recursive, skipping `out_dir`) and CSV lists (column slide or path, optional
+    mpp), sorted by path."""
+    skip = Path(out_dir).resolve() if out_dir is not None else None
     jobs: dict[str, SlideJob] = {}
     for source in sources:
         path = Path(source)
         if not path.exists():
             raise ConfigError(path, "no such slide, folder or slide list")
         if path.is_dir():
-            found = [SlideJob(p, slide_mpp) for p in _slides_in(path)]
+            found = [SlideJob(p, slide_mpp) for p in _slides_in(path, skip)]
         elif path.suffix.lower() == ".csv":
             found = _read_slide_csv(path, slide_mpp)
         else:
@@ -513,7 +518,7 @@ def tile_cohort(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     params = TileParams(mpp, patch_size, fmt, tissue_threshold, coords_only, reader)
-    jobs = list_slides(slides, slide_mpp)[index::count]
+    jobs = list_slides(slides, slide_mpp, out_dir)[index::count]
 
     manifest = out_dir / manifest_name(shard)
     rows: dict[str, ManifestRow] = {}
