@@ -418,70 +418,72 @@ def _run(jobs: Sequence[SlideJob], out_dir: Path, params: TileParams, workers: i
     active: list[_SlideRun] = []  # slides with chunks still to submit, in order
     in_flight: dict[Future, _SlideRun] = {}
     max_in_flight = 2 * max(1, workers)  # bounds memory: every chunk in flight holds one shard of pixels
-    with _executor(workers) as pool, _progress() as bar:
-        cohort_task = bar.add_task("slides", total=len(jobs))
+    try:
+        with _executor(workers) as pool, _progress() as bar:
+            cohort_task = bar.add_task("slides", total=len(jobs))
 
-        def finish(run: _SlideRun) -> None:
-            on_row(_finish(run))
-            if run.progress_task is not None:
-                bar.remove_task(run.progress_task)
-            bar.advance(cohort_task)
+            def finish(run: _SlideRun) -> None:
+                on_row(_finish(run))
+                if run.progress_task is not None:
+                    bar.remove_task(run.progress_task)
+                bar.advance(cohort_task)
 
-        def next_task() -> tuple[ChunkTask, _SlideRun] | None:
-            while True:
-                while active:
-                    run = active[0]
-                    task = next(run.gen, None)
-                    if task is not None:
-                        return task, run
-                    active.pop(0)
-                    run.submitted_all = True
-                    if run.outstanding == 0:
+            def next_task() -> tuple[ChunkTask, _SlideRun] | None:
+                while True:
+                    while active:
+                        run = active[0]
+                        task = next(run.gen, None)
+                        if task is not None:
+                            return task, run
+                        active.pop(0)
+                        run.submitted_all = True
+                        if run.outstanding == 0:
+                            finish(run)
+                    job = next(runs, None)
+                    if job is None:
+                        return None
+                    run = _plan_slide(job, out_dir, params, overwrite)
+                    if run.row.status == "skipped" or run.error or not run.chunks:
                         finish(run)
-                job = next(runs, None)
-                if job is None:
-                    return None
-                run = _plan_slide(job, out_dir, params, overwrite)
-                if run.row.status == "skipped" or run.error or not run.chunks:
-                    finish(run)
-                    continue
-                run.progress_task = bar.add_task(job.name, total=len(run.plan.coords))
-                run.gen = _chunk_tasks(run, params)
-                active.append(run)
+                        continue
+                    run.progress_task = bar.add_task(job.name, total=len(run.plan.coords))
+                    run.gen = _chunk_tasks(run, params)
+                    active.append(run)
 
-        exhausted = False
-        while not exhausted or in_flight:
-            while not exhausted and len(in_flight) < max_in_flight:
-                item = next_task()
-                if item is None:
-                    exhausted = True
-                    break
-                task, run = item
-                run.outstanding += 1
-                in_flight[pool.submit(read_chunk, task)] = run
-            if not in_flight:
-                continue
-            done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-            for future in done:
-                run = in_flight.pop(future)
-                run.outstanding -= 1
-                try:
-                    status, start, payload = future.result()
-                except Exception as err:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
-                    status, start, payload = "error", 0, _one_line(err)
-                if status == "error":
-                    run.error = run.error or payload
-                elif not run.error:
-                    if isinstance(payload, np.ndarray):
-                        run.writer.write(start, payload)
-                    n = payload if isinstance(payload, int) else len(payload)
-                    bar.advance(run.progress_task, n)
-                if run.error and run in active:  # stop feeding a failed slide
-                    active.remove(run)
-                    run.submitted_all = True
-                if run.submitted_all and run.outstanding == 0:
-                    finish(run)
-    _close_cached_slides()
+            exhausted = False
+            while not exhausted or in_flight:
+                while not exhausted and len(in_flight) < max_in_flight:
+                    item = next_task()
+                    if item is None:
+                        exhausted = True
+                        break
+                    task, run = item
+                    run.outstanding += 1
+                    in_flight[pool.submit(read_chunk, task)] = run
+                if not in_flight:
+                    continue
+                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
+                for future in done:
+                    run = in_flight.pop(future)
+                    run.outstanding -= 1
+                    try:
+                        status, start, payload = future.result()
+                    except Exception as err:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
+                        status, start, payload = "error", 0, _one_line(err)
+                    if status == "error":
+                        run.error = run.error or payload
+                    elif not run.error:
+                        if isinstance(payload, np.ndarray):
+                            run.writer.write(start, payload)
+                        n = payload if isinstance(payload, int) else len(payload)
+                        bar.advance(run.progress_task, n)
+                    if run.error and run in active:  # stop feeding a failed slide
+                        active.remove(run)
+                        run.submitted_all = True
+                    if run.submitted_all and run.outstanding == 0:
+                        finish(run)
+    finally:
+        _close_cached_slides()
 
 
 def tile_cohort(
