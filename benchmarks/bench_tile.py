@@ -69,6 +69,12 @@ def run_measured(cmd: list[str]) -> tuple[float, float, float]:
     return seconds, peak / 2**30, sum(cpu.values())
 
 
+def _over_rounds(results: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+    """Median wall seconds, largest peak RSS, median CPU seconds over the rounds of one run."""
+    wall, rss, cpu = zip(*results, strict=True)
+    return float(np.median(wall)), max(rss), float(np.median(cpu))
+
+
 def tile_cmd(slide: Path, out: Path, workers: int, *extra: str) -> list[str]:
     code = "from pathgen.cli import app; app()"
     return [sys.executable, "-c", code, "tile", str(slide), "--out", str(out), *TILE_ARGS, "-j", str(workers), *extra]
@@ -140,8 +146,7 @@ def main() -> None:
             for name, cmd in runs.items():
                 times[name].append(run_measured(cmd))
                 print(f"  round {r + 1}: {name:<7}{times[name][-1][0]:7.1f} s", flush=True)
-        # Per run: median wall seconds, largest peak RSS, median CPU seconds.
-        med = {k: (np.median([r[0] for r in v]), max(r[1] for r in v), np.median([r[2] for r in v])) for k, v in times.items()}  # noqa: E501
+        med = {k: _over_rounds(v) for k, v in times.items()}
         (bare_s, _, bare_cpu), (reader_s, _, reader_cpu), (one_s, one_rss, one_cpu), (two_s, two_rss, _) = med.values()
         small_s, small_rss, _ = run_measured(tile_cmd(small, tmp / "small", 1))
         with open_store(tmp / "j1" / f"{big.stem}.zarr") as a, open_store(tmp / "j2" / f"{big.stem}.zarr") as b:
