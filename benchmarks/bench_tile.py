@@ -165,6 +165,8 @@ def main() -> None:
     print(f"\n1 worker vs bare loop:   {bare_s / one_s:.2f}x (target >= 0.7x); CPU seconds {bare_cpu / one_cpu:.2f}x")
     print(f"pathgen reader vs bare:  {bare_s / reader_s:.2f}x; in CPU seconds {bare_cpu / reader_cpu:.2f}x")
     print(f"2 workers vs 1 worker:   {one_s / two_s:.2f}x  (target >= 1.7x)")
+    two_cpu = med["j2"][2]
+    print(f"cores kept busy:         {one_cpu / one_s:.2f} (1 worker), {two_cpu / two_s:.2f} (2 workers), CPU s/wall s")
     print(f"peak RSS, 1 worker:      {one_rss:.2f} GiB full slide vs {small_rss:.2f} GiB quarter-area slide (< 1.5)")
     print(f"peak RSS, 2 workers:     {two_rss:.2f} GiB (parent + workers)")
     print(
