@@ -93,12 +93,53 @@ def test_write_svs_streams_tiles_and_levels_match(tmp_path):
     assert np.abs(level1 - reduced).mean() < 4
 
 
-def test_demo_patches_image_folder(tmp_path):
-    out = make_demo_patches(tmp_path / "patches", n_per_class=5, size=32, seed=0)
+def _patches(folder):
+    return {r["path"]: (r, np.asarray(Image.open(folder / r["path"]))) for r in _rows(folder / "ground_truth.csv")}
+
+
+SMALL = dict(n_slides=2, width=1024, height=768, size=32)  # 32 px at 0.5 mpp = 64 level-0 px
+
+
+def test_demo_patches_image_folder_from_ground_truth(tmp_path):
+    out = make_demo_patches(tmp_path / "patches", n_per_class=6, seed=0, **SMALL)
+    patches = _patches(out)
     for name in ("normal", "lesion"):
-        files = sorted((out / name).glob("*.png"))
-        assert len(files) == 5
-        assert Image.open(files[0]).size == (32, 32)
-    lesion = np.stack([np.asarray(Image.open(f)) for f in (out / "lesion").glob("*.png")])
-    normal = np.stack([np.asarray(Image.open(f)) for f in (out / "normal").glob("*.png")])
-    assert _lesion_fraction(lesion.reshape(-1, 32, 3)) > 0.5 > _lesion_fraction(normal.reshape(-1, 32, 3))
+        assert sorted(p.name for p in (out / name).iterdir()) == [f"{name}_{i:04d}.png" for i in range(6)]
+    assert len(patches) == 12
+    slides = {}
+    for row, img in patches.values():
+        assert img.shape == (32, 32, 3) and row["path"].startswith(row["label"] + "/")
+        seed, x, y, side = (int(row[k]) for k in ("slide_seed", "x", "y", "size_level0"))
+        assert side == 64
+        s = slides.setdefault(seed, SyntheticSlide(1024, 768, seed=seed, positive=True))
+        tissue = s.tissue_mask(x, y, side, side)
+        lesion = float((s.lesion_mask(x, y, side, side) * tissue).mean())
+        assert tissue.mean() >= 0.5 and lesion == pytest.approx(float(row["lesion_fraction"]), abs=1e-3)
+        assert lesion >= 0.25 if row["label"] == "lesion" else lesion == 0.0
+
+
+def test_demo_patches_pixels_match_labels_without_jitter(tmp_path):
+    out = make_demo_patches(tmp_path / "p", n_per_class=8, seed=1, stain=(0.0, 0.0), brightness=0.0, hue=0.0, **SMALL)
+    for row, img in _patches(out).values():
+        frac = _lesion_fraction(img)
+        if row["label"] == "lesion":  # the lesion texture shows roughly where the ground truth says
+            assert frac > 0.5 * float(row["lesion_fraction"]), (row, frac)
+        else:
+            assert frac < 0.02, (row, frac)
+
+
+def test_demo_patches_reproducible_and_stain_varies(tmp_path):
+    a = _patches(make_demo_patches(tmp_path / "a", n_per_class=6, seed=3, **SMALL))
+    b = _patches(make_demo_patches(tmp_path / "b", n_per_class=6, seed=3, **SMALL))
+    c = _patches(make_demo_patches(tmp_path / "c", n_per_class=6, seed=4, **SMALL))
+    no_jitter = dict(stain=(0, 0), brightness=0, hue=0)
+    plain = _patches(make_demo_patches(tmp_path / "d", n_per_class=6, seed=3, **no_jitter, **SMALL))
+    assert a.keys() == b.keys() == c.keys() == plain.keys()
+    for k in a:
+        np.testing.assert_array_equal(a[k][1], b[k][1])
+        assert a[k][0] == b[k][0]
+    assert any(not np.array_equal(a[k][1], c[k][1]) for k in a)
+    # same places, but each patch restained differently: per-patch mean colours move by different amounts
+    assert all(a[k][0]["x"] == plain[k][0]["x"] for k in a)
+    shift = np.stack([a[k][1].mean((0, 1)) - plain[k][1].mean((0, 1)) for k in a])
+    assert np.abs(shift).max() > 5 and shift.std(0).max() > 2

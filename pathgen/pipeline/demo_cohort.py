@@ -263,25 +263,40 @@ class SyntheticSlide:
         out = self._glass(x, y, w, h)
         if self.blank:
             return out
-        alpha = np.clip(self._field_at(x, y, w, h) * 4.0, 0.0, 1.0)  # soft tissue edge over ~1/4 field unit
+        alpha = self.tissue_mask(x, y, w, h)
         if not alpha.any():
             return out
         normal, lesion, _ = _textures()
         tissue = _texture_at(normal, x, y, w, h, self.offset).astype(np.float32)
+        inside = self.lesion_mask(x, y, w, h)
+        if inside.any():
+            lt = _texture_at(lesion, x, y, w, h, self.offset).astype(np.float32)
+            tissue += (lt - tissue) * inside[..., None]
+        a = alpha[..., None]
+        return (tissue * a + out * (1 - a)).round().astype(np.uint8)
+
+    def tissue_mask(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Ground truth: float [h, w] in [0, 1], how much of each level-0 pixel is tissue (vs glass)."""
+        if self.blank:
+            return np.zeros((h, w), np.float32)
+        return np.clip(self._field_at(x, y, w, h) * 4.0, 0.0, 1.0)  # soft tissue edge over ~1/4 field unit
+
+    def lesion_mask(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Ground truth: float [h, w] in [0, 1], how much of each level-0 pixel shows the lesion texture.
+
+        (Multiply by `tissue_mask` for lesion on tissue; lesions sit deep inside tissue, so the two rarely differ.)
+        """
+        inside = np.zeros((h, w), np.float32)
         near = [
             (cx, cy, r) for cx, cy, r in self.lesions if abs(cx - x - w / 2) < r + w and abs(cy - y - h / 2) < r + h
         ]
         if near:
             dx = np.arange(x, x + w, dtype=np.float32)[None, :]
             dy = np.arange(y, y + h, dtype=np.float32)[:, None]
-            inside = np.zeros((h, w), np.float32)
             for cx, cy, r in near:
                 d = np.sqrt((dx - cx) ** 2 + (dy - cy) ** 2) / r
                 inside = np.maximum(inside, np.clip((1.0 - d) * 8.0, 0.0, 1.0))  # sharp-ish rim, 1/8 of r
-            lt = _texture_at(lesion, x, y, w, h, self.offset).astype(np.float32)
-            tissue += (lt - tissue) * inside[..., None]
-        a = alpha[..., None]
-        return (tissue * a + out * (1 - a)).round().astype(np.uint8)
+        return inside
 
     def _glass(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Slightly warm, slightly noisy glass, like a real scan's background (and a fair test for Otsu).
@@ -326,17 +341,91 @@ def make_demo_cohort(
     return labels
 
 
-def make_demo_patches(out_dir: str | Path, n_per_class: int = 50, size: int = 64, seed: int = 0) -> Path:
-    """An ImageFolder `out_dir/{normal,lesion}/*.png` of random crops from the two tissue textures."""
+def make_demo_patches(
+    out_dir: str | Path,
+    n_per_class: int = 50,
+    size: int = 64,
+    seed: int = 0,
+    *,
+    n_slides: int = 4,
+    width: int = 4096,
+    height: int = 3072,
+    slide_mpp: float = 0.25,
+    mpp: float = 0.5,
+    min_lesion: float = 0.25,
+    min_tissue: float = 0.5,
+    stain: tuple[float, float] = (0.2, 0.02),
+    brightness: float = 0.1,
+    hue: float = 0.04,
+) -> Path:
+    """A labelled ImageFolder `out_dir/{normal,lesion}/*.png` cut from held-out demo slides, plus ground_truth.csv.
+
+    The slides are `SyntheticSlide`s like the demo cohort's (all positive, seeds drawn from `seed`, so they are
+    not the slides the encoder was trained on). Patches are `size` px at `mpp` um/px (the demo tiles 64 px at
+    0.5 mpp), area-averaged from `slide_mpp` like a tiler reading level 0. Labels come from the slides'
+    ground truth: "lesion" if at least `min_lesion` of the patch is lesion texture (so border patches that are
+    mostly normal tissue count), "normal" if none of it is; both need `min_tissue` tissue. Every patch gets its
+    own stain and scanner variation, as if from a different lab: HED jitter (`stain` = (alpha, beta) of
+    `HEDJitter`), brightness x U(1 -/+ `brightness`) and a hue shift of U(-/+ `hue`) turns, so that colour alone
+    is a weaker cue than in a single-lab set. ground_truth.csv records where each patch came from.
+    """
+    import torch
     from PIL import Image
+    from torchvision.transforms.v2 import functional as TF
+
+    from pathgen.data.augment import HEDJitter
 
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
-    for name, tex in zip(("normal", "lesion"), _textures()[:2], strict=True):
-        (out_dir / name).mkdir(parents=True, exist_ok=True)
+    scale = round(mpp / slide_mpp)
+    if scale < 1 or not math.isclose(scale * slide_mpp, mpp):
+        raise ValueError(f"mpp {mpp} must be a whole multiple of slide_mpp {slide_mpp}")
+    side = size * scale  # level-0 px
+    slides = [SyntheticSlide(width, height, seed=int(rng.integers(2**31)), positive=True) for _ in range(n_slides)]
+    jitter = HEDJitter(*stain)
+
+    def cover(s: SyntheticSlide, x: int, y: int) -> tuple[float, float]:
+        tissue = s.tissue_mask(x, y, side, side)
+        return float(tissue.mean()), float((s.lesion_mask(x, y, side, side) * tissue).mean())
+
+    def draw(label: str) -> tuple[int, int, int, float, float]:
+        """Rejection-sample one patch position of the class; lesion patches are drawn around a lesion disc."""
+        for _ in range(10_000):
+            k = int(rng.integers(n_slides))
+            s = slides[k]
+            if label == "lesion":
+                cx, cy, r = s.lesions[int(rng.integers(len(s.lesions)))]
+                x, y = (int(v - side / 2 + rng.uniform(-r - side / 2, r + side / 2)) for v in (cx, cy))
+            else:
+                x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
+            if not (0 <= x <= width - side and 0 <= y <= height - side):
+                continue
+            tissue, lesion = cover(s, x, y)
+            if tissue >= min_tissue and (lesion >= min_lesion if label == "lesion" else lesion == 0.0):
+                return k, x, y, tissue, lesion
+        raise RuntimeError(f"could not place a {label} patch; are the slides large enough for {side} px patches?")
+
+    rows = []
+    for label in ("normal", "lesion"):
+        (out_dir / label).mkdir(parents=True, exist_ok=True)
         for i in range(n_per_class):
-            y, x = rng.integers(0, tex.shape[0] - size), rng.integers(0, tex.shape[1] - size)
-            Image.fromarray(tex[y : y + size, x : x + size]).save(out_dir / name / f"{name}_{i:04d}.png")
+            k, x, y, tissue, lesion = draw(label)
+            img = Image.fromarray(slides[k].tile(x, y, side, side)).reduce(scale)
+            t = TF.to_dtype(TF.to_image(img), torch.float32, scale=True)
+            a = torch.from_numpy(rng.uniform(1 - stain[0], 1 + stain[0], 3)).float()
+            b = torch.from_numpy(rng.uniform(-stain[1], stain[1], 3)).float()
+            t = jitter.jitter(t, a, b) * float(rng.uniform(1 - brightness, 1 + brightness))
+            t = TF.adjust_hue(t.clamp(0, 1), float(rng.uniform(-hue, hue)))
+            name = f"{label}_{i:04d}.png"
+            Image.fromarray((t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(out_dir / label / name)
+            rows.append(
+                {"path": f"{label}/{name}", "label": label, "slide_seed": slides[k].seed, "x": x, "y": y,
+                 "size_level0": side, "tissue_fraction": round(tissue, 4), "lesion_fraction": round(lesion, 4)}
+            )
+    with (out_dir / "ground_truth.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
     return out_dir
 
 
