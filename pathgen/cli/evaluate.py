@@ -1,45 +1,64 @@
 """`pathgen eval knn|linear`: frozen-encoder evaluation on labelled image folders or patch stores."""
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from pathgen.cli.app import eval_app
 
-ENCODER_HELP = (
-    "An encoder exported by `pathgen pretrain ssl` (encoder.safetensors or its folder); random:<that path> for "
-    "its architecture at RANDOM init (the fair baseline); or timm:<name> for a timm architecture at random init. "
-    "Nothing is downloaded."
-)
-TRAIN_HELP = (
-    "Labelled training data: an ImageFolder (one sub-folder per class), a CSV with columns path,label "
-    "(store -> its slide's class), or labelled stores / folders / globs / a tiling manifest. Repeatable."
-)
-TEST_HELP = "Labelled test data, as --train. Without it, a seeded stratified split of --train is held out."
+# Options both evaluations share, declared once.
+Encoder = Annotated[str, typer.Option(
+    "--encoder", "-e", show_default=False,
+    help="An encoder exported by `pathgen pretrain ssl` (encoder.safetensors or its folder); random:<that path> "
+    "for its architecture at RANDOM init (the fair baseline); or timm:<name> for a timm architecture at random "
+    "init. Nothing is downloaded.",
+)]
+Train = Annotated[list[str], typer.Option(
+    "--train", show_default=False,
+    help="Labelled training data: an ImageFolder (one sub-folder per class), a CSV with columns path,label "
+    "(store -> its slide's class), or labelled stores / folders / globs / a tiling manifest. Repeatable.",
+)]
+Test = Annotated[list[str] | None, typer.Option(
+    "--test", show_default=False,
+    help="Labelled test data, as --train. Without it, a seeded stratified split of --train is held out.",
+)]
+ImgSize = Annotated[int | None, typer.Option("--img-size", help="Input size (default: the encoder's own).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]
+Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")]
+TestFraction = Annotated[float, typer.Option("--test-fraction", help="Held-out fraction when --test is omitted.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of the split, the CV folds and of random/timm init.")]
+Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")]
+Out = Annotated[Path | None, typer.Option("--out", "-o", help="Write the results as JSON here.")]
 
 
-def _report(title: str, payload: dict, out: Path | None) -> None:
+def _evaluate(title: str, method: str, encoder: str, train: list[str], test: list[str] | None, out: Path | None,
+              **options) -> None:
     from pathgen.eval.report import print_results, write_json
+    from pathgen.eval.run import evaluate_encoder
 
-    print_results(title, payload["results"])
+    payload = evaluate_encoder(method, encoder, train, test, **options)
+    print_results(f"{title}: {encoder}", payload["results"])
     if out is not None:
         typer.echo(f"wrote {write_json(out, payload)}")
 
 
 @eval_app.command("knn")
 def knn(
-    encoder: str = typer.Option(..., "--encoder", "-e", help=ENCODER_HELP, show_default=False),
-    train: list[str] = typer.Option(..., "--train", help=TRAIN_HELP, show_default=False),
-    test: list[str] | None = typer.Option(None, "--test", help=TEST_HELP, show_default=False),
-    k: list[int] = typer.Option([10, 20, 100, 200], "--k", help="Neighbour counts (repeatable); k=20 is primary."),
-    temperature: float = typer.Option(0.07, "--temperature", help="Vote weight exp(similarity / T)."),
-    img_size: int | None = typer.Option(None, "--img-size", help="Input size (default: the encoder's own)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    workers: int = typer.Option(0, "--workers", "-j", help="DataLoader worker processes."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Held-out fraction when --test is omitted."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the train/test split and of timm: random init."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: CUDA if present)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the results as JSON here."),
+    encoder: Encoder,
+    train: Train,
+    test: Test = None,
+    k: Annotated[list[int], typer.Option("--k", help="Neighbour counts (repeatable); k=20 is primary.")] = [  # noqa: B006
+        10, 20, 100, 200,
+    ],
+    temperature: Annotated[float, typer.Option("--temperature", help="Vote weight exp(similarity / T).")] = 0.07,
+    img_size: ImgSize = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 0,
+    test_fraction: TestFraction = 0.3,
+    seed: Seed = 0,
+    device: Device = None,
+    out: Out = None,
 ) -> None:
     """Weighted k-NN accuracy of frozen features, as DINO reports it (cosine similarity, T = 0.07).
 
@@ -47,40 +66,24 @@ def knn(
 
     Example: pathgen eval knn --encoder runs/ssl/encoder.safetensors --train patches/ --img-size 64
     """
-    from pathgen.eval.run import evaluate_encoder
-
-    payload = evaluate_encoder(
-        "knn",
-        encoder,
-        train,
-        test,
-        img_size=img_size,
-        ks=tuple(k),
-        temperature=temperature,
-        batch_size=batch_size,
-        workers=workers,
-        test_fraction=test_fraction,
-        seed=seed,
-        device=device,
-    )
-    _report(f"kNN: {encoder}", payload, out)
+    _evaluate("kNN", "knn", encoder, train, test, out, ks=tuple(k), temperature=temperature, img_size=img_size,
+              batch_size=batch_size, workers=workers, test_fraction=test_fraction, seed=seed, device=device)
 
 
 @eval_app.command("linear")
 def linear(
-    encoder: str = typer.Option(..., "--encoder", "-e", help=ENCODER_HELP, show_default=False),
-    train: list[str] = typer.Option(..., "--train", help=TRAIN_HELP, show_default=False),
-    test: list[str] | None = typer.Option(None, "--test", help=TEST_HELP, show_default=False),
-    c: float | None = typer.Option(
-        None, "--C", help="Inverse L2 regularisation; default: chosen by stratified CV on the training set."
-    ),
-    img_size: int | None = typer.Option(None, "--img-size", help="Input size (default: the encoder's own)."),
-    batch_size: int = typer.Option(64, "--batch-size", help="Images per forward pass."),
-    workers: int = typer.Option(0, "--workers", "-j", help="DataLoader worker processes."),
-    test_fraction: float = typer.Option(0.3, "--test-fraction", help="Held-out fraction when --test is omitted."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the split, the CV folds and of timm: random init."),
-    device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: CUDA if present)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the results as JSON here."),
+    encoder: Encoder,
+    train: Train,
+    test: Test = None,
+    c: Annotated[float | None, typer.Option(
+        "--C", help="Inverse L2 regularisation; default: chosen by stratified CV on the training set.")] = None,
+    img_size: ImgSize = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 0,
+    test_fraction: TestFraction = 0.3,
+    seed: Seed = 0,
+    device: Device = None,
+    out: Out = None,
 ) -> None:
     """Linear-probe accuracy: logistic regression on standardised frozen features.
 
@@ -88,19 +91,5 @@ def linear(
 
     Example: pathgen eval linear --encoder timm:vit_small_patch16_224 --train patches/ --img-size 64
     """
-    from pathgen.eval.run import evaluate_encoder
-
-    payload = evaluate_encoder(
-        "linear",
-        encoder,
-        train,
-        test,
-        img_size=img_size,
-        C=c,
-        batch_size=batch_size,
-        workers=workers,
-        test_fraction=test_fraction,
-        seed=seed,
-        device=device,
-    )
-    _report(f"Linear probe: {encoder}", payload, out)
+    _evaluate("Linear probe", "linear", encoder, train, test, out, C=c, img_size=img_size, batch_size=batch_size,
+              workers=workers, test_fraction=test_fraction, seed=seed, device=device)
