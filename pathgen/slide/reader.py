@@ -56,7 +56,12 @@ class _OpenSlideBackend:
         self.objective_power = _positive_float(props.get("openslide.objective-power"))
 
     def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
-        return np.asarray(self.osr.read_region(xy, level, size))  # RGBA
+        from PIL import Image
+
+        img = self.osr.read_region(xy, level, size)  # RGBA, straight alpha; transparent where nothing was scanned
+        if img.getextrema()[3][0] < 255:
+            img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
+        return np.asarray(img.convert("RGB"))  # in PIL's C code: ~5x cheaper than compositing in numpy
 
     def close(self) -> None:
         self.osr.close()
@@ -139,9 +144,9 @@ def _composite_on_white(region: np.ndarray) -> np.ndarray:
     """RGBA (straight alpha, as openslide-python returns it) -> RGB over white glass."""
     if region.ndim == 3 and region.shape[2] == 3:
         return np.ascontiguousarray(region, dtype=np.uint8)
-    rgb, alpha = region[..., :3].astype(np.uint16), region[..., 3:4].astype(np.uint16)
-    if alpha.min() == 255:
+    if region[..., 3].min() == 255:
         return np.ascontiguousarray(region[..., :3])
+    rgb, alpha = region[..., :3].astype(np.uint16), region[..., 3:4].astype(np.uint16)
     return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
