@@ -354,9 +354,9 @@ def make_demo_patches(
     mpp: float = 0.5,
     min_lesion: float = 0.25,
     min_tissue: float = 0.5,
-    stain: tuple[float, float] = (0.2, 0.02),
-    brightness: float = 0.1,
-    hue: float = 0.04,
+    stain: tuple[float, float] = (0.3, 0.04),
+    brightness: float = 0.15,
+    hue: float = 0.06,
 ) -> Path:
     """A labelled ImageFolder `out_dir/{normal,lesion}/*.png` cut from held-out demo slides, plus ground_truth.csv.
 
