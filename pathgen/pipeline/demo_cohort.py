@@ -360,8 +360,9 @@ def make_demo_patches(
 ) -> Path:
     """A labelled ImageFolder `out_dir/{normal,lesion}/*.png` cut from held-out demo slides, plus ground_truth.csv.
 
-    The slides are `SyntheticSlide`s like the demo cohort's (all positive, seeds drawn from `seed`, so they are
-    not the slides the encoder was trained on). Patches are `size` px at `mpp` um/px (the demo tiles 64 px at
+    The slides are `SyntheticSlide`s like the demo cohort's, all positive, with slide seeds drawn from `seed`
+    in a different order than `make_demo_cohort` draws them (for seeds 0-4 none coincides with the cohort's, so
+    the demo evaluates on slides its encoder never saw). Patches are `size` px at `mpp` um/px (the demo tiles 64 px at
     0.5 mpp), area-averaged from `slide_mpp` like a tiler reading level 0. Labels come from the slides'
     ground truth: "lesion" if at least `min_lesion` of the patch is lesion texture (so border patches that are
     mostly normal tissue count), "normal" if none of it is; both need `min_tissue` tissue. Every patch gets its
