@@ -8,6 +8,7 @@ training is skipped when its encoder exists), so an interrupted demo picks up wh
 """
 
 import os
+import shutil
 from pathlib import Path
 
 from rich.console import Console
@@ -112,7 +113,8 @@ def run_knn(cfg: EvalStep, encoder: Path, out: Path) -> dict:
     from pathgen.pipeline.demo_cohort import make_demo_patches
 
     patches = out / "labelled_patches"
-    if not patches.is_dir():
+    if not (patches / "ground_truth.csv").is_file():  # written last: without it the folder is unfinished
+        shutil.rmtree(patches, ignore_errors=True)
         make_demo_patches(patches, n_per_class=cfg.n_per_class, seed=cfg.seed)
     results = {}
     for name, spec in (("pathgen DINO", str(encoder)), ("random init", f"random:{encoder}")):
