@@ -59,7 +59,7 @@ class _OpenSlideBackend:
         from PIL import Image
 
         img = self.osr.read_region(xy, level, size)  # RGBA, straight alpha; transparent where nothing was scanned
-        if img.getextrema()[3][0] < 255:
+        if img.getchannel("A").getextrema()[0] < 255:  # one band, not four
             img = Image.alpha_composite(Image.new("RGBA", img.size, (255, 255, 255, 255)), img)
         return np.asarray(img.convert("RGB"))  # in PIL's C code: ~5x cheaper than compositing in numpy
 
