@@ -7,29 +7,29 @@ class PathgenError(Exception):
     """An error caused by the user's input (a file, a config, an option), not by a bug in pathgen."""
 
 
-def _located(path: str | Path | None, message: str) -> str:
-    return f"{path}: {message}" if path is not None else message
+class FileError(PathgenError):
+    """A problem with one file or setting, reported as `<path>: <message>` (the path kept as `.path`)."""
+
+    def __init__(self, path: str | Path | None, message: str):
+        super().__init__(f"{path}: {message}" if path is not None else message)
+        self.path = path
 
 
-class SlideError(PathgenError):
+class SlideError(FileError):
     """A slide cannot be opened or read, or has no usable resolution."""
 
-    def __init__(self, path: str | Path | None, message: str):
-        super().__init__(_located(path, message))
-        self.path = path
 
-
-class StoreError(PathgenError):
+class StoreError(FileError):
     """A patch store is missing, unfinished or malformed."""
 
-    def __init__(self, path: str | Path | None, message: str):
-        super().__init__(_located(path, message))
-        self.path = path
 
-
-class ConfigError(PathgenError):
+class ConfigError(FileError):
     """A config file or override is invalid."""
 
-    def __init__(self, path: str | Path | None, message: str):
-        super().__init__(_located(path, message))
-        self.path = path
+
+class CheckpointError(FileError):
+    """A training checkpoint cannot be loaded or does not fit the configured model."""
+
+
+class EncoderError(FileError):
+    """An exported encoder's weights or metadata are missing or unreadable."""

@@ -11,12 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pathgen.errors import PathgenError
-
-
-class CheckpointError(PathgenError):
-    def __init__(self, path: str | Path, message: str):
-        super().__init__(f"{path}: {message}")
+from pathgen.errors import CheckpointError
 
 
 def rng_state() -> dict[str, Any]:

@@ -18,14 +18,9 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pathgen.errors import PathgenError
+from pathgen.errors import EncoderError
 
 WEIGHTS, META = "encoder.safetensors", "encoder.json"
-
-
-class EncoderError(PathgenError):
-    def __init__(self, path: str | Path, message: str):
-        super().__init__(f"{path}: {message}")
 
 
 def export_encoder(

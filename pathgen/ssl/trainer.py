@@ -36,9 +36,8 @@ from pathgen.distributed import (
     is_distributed,
     is_main_process,
 )
-from pathgen.errors import ConfigError
+from pathgen.errors import CheckpointError, ConfigError
 from pathgen.ssl.checkpoint import (
-    CheckpointError,
     load_checkpoint,
     resolve_resume,
     rng_state,
