@@ -75,13 +75,14 @@ def run_cohort(cfg: CohortStep, out: Path) -> Path:
 def run_tiling(cfg: TileStep, labels: Path, out: Path) -> Path:
     from pathgen.errors import PathgenError
     from pathgen.slide.tiler import summary_path, tile_cohort
+    from pathgen.store.manifest import read_manifest
 
     manifest = tile_cohort(
         [labels], out, mpp=cfg.mpp, patch_size=cfg.patch_size, fmt=cfg.format, workers=cfg.workers,
         tissue_threshold=cfg.tissue_threshold,
     )
     console.print(summary_path(manifest).read_text().rstrip())
-    if "failed" in manifest.read_text():
+    if any(row.status == "failed" for row in read_manifest(manifest)):
         raise PathgenError(f"{manifest}: some demo slides failed to tile")
     return manifest
 
