@@ -169,6 +169,18 @@ def test_two_workers_give_identical_stores(demo_slides, tmp_path, monkeypatch, f
             np.testing.assert_array_equal(a.coords, b.coords)
             np.testing.assert_array_equal(a.tissue_fraction, b.tissue_fraction)
             np.testing.assert_array_equal(a.read(np.arange(len(a))), b.read(np.arange(len(b))))
+            _assert_patches_match_slide(a)
+
+
+def _assert_patches_match_slide(store) -> None:
+    """Every stored patch equals a fresh read of the slide at its coords (workers reuse their pixel buffers)."""
+    from pathgen.slide import open_slide, plan_patches, read_patch
+
+    with open_slide(store.attrs["slide_path"]) as slide:
+        empty = np.zeros((1, 1), dtype=bool)
+        plan = plan_patches(slide, store.attrs["target_mpp"], store.attrs["patch_size"], empty, 1.0, 0.0)
+        for i, xy in enumerate(store.coords):
+            np.testing.assert_array_equal(store[i], read_patch(slide, plan, xy), err_msg=f"patch {i}")
 
 
 def test_missing_input_is_a_config_error(tmp_path):

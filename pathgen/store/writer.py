@@ -207,14 +207,17 @@ def write_images_shard(images_path: str | Path, start: int, images: np.ndarray, 
     if start % shard or not 0 < len(images) <= shard:
         raise ValueError(f"a shard write needs start % {shard} == 0 and 1..{shard} patches, got {start}, {len(images)}")
     codec = Blosc(**BLOSC, shuffle=Blosc.NOSHUFFLE)
-    blobs = [codec.encode(np.ascontiguousarray(patch)) for patch in images]
-    lengths = np.array([len(b) for b in blobs], dtype="<u8")
     index = np.full((shard, 2), 2**64 - 1, dtype="<u8")  # all-ones marks an absent chunk
-    index[: len(blobs), 0] = np.cumsum(lengths) - lengths
-    index[: len(blobs), 1] = lengths
-    index_bytes = index.tobytes()
-    crc = np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes()
     path = Path(images_path, "c", str(start // shard), "0", "0", "0")  # default chunk key encoding, "/" separated
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
-        f.writelines([*blobs, index_bytes, crc])
+        offset = 0
+        for k, patch in enumerate(images):
+            # One compressed patch alive at a time: malloc reuses its memory, where a shard's worth of blobs
+            # (~24 MiB) would be handed back to the OS and page-faulted in again for every shard.
+            blob = codec.encode(np.ascontiguousarray(patch))
+            f.write(blob)
+            index[k] = offset, len(blob)
+            offset += len(blob)
+        index_bytes = index.tobytes()
+        f.write(index_bytes + np.array([google_crc32c.value(index_bytes)], dtype="<u4").tobytes())
