@@ -38,6 +38,12 @@ class DataConfig(Section):
     n_local: int = 8
     batch_size: int = 64  # per process (per GPU)
     num_workers: int = 8
+    # "workers": each DataLoader worker augments its images (CPU). "device": workers only decode, and the
+    # multi-crop runs batched on the training device (pathgen.data.device_augment); for GPU servers whose CPU
+    # cores cannot keep up. Images must then share one size: stores' patches do; other images are resized and
+    # centre-cropped to device_input_size in the workers.
+    augment_on: Literal["workers", "device"] = "workers"
+    device_input_size: int = 256
 
 
 class ModelConfig(Section):

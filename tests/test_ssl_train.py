@@ -50,23 +50,30 @@ def toy(tmp_path_factory) -> Path:
     return make_toy_folder(tmp_path_factory.mktemp("toy"))
 
 
-def test_a_few_steps_reduce_the_loss(tmp_path, toy):
+AUGMENT_ON = pytest.mark.parametrize("augment_on", ["workers", "device"])
+
+
+@AUGMENT_ON
+def test_a_few_steps_reduce_the_loss(tmp_path, toy, augment_on):
     # the student learns to match the (slow) teacher's sharpened outputs on both classes' crops
     cfg = tiny_config(tmp_path, toy, "optim.base_lr=0.5", "optim.freeze_last_layer=0", "model.drop_path_rate=0.0",
-                      "dino.teacher_temp=0.04")
+                      "dino.teacher_temp=0.04", f"data.augment_on={augment_on}", "data.device_input_size=40")
     out = train(cfg)
     losses = [r["loss"] for r in read_log(out) if "loss" in r]
     assert len(losses) == 2 * 3  # 24 images / batch 8 = 3 steps per epoch
-    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+    # per-batch losses of 8 images are noisy: compare epoch 2's best with the first step (lr 0 gives >= 0.93x)
+    assert min(losses[3:]) < 0.6 * losses[0], losses
 
 
-def test_resume_continues_exactly(tmp_path, toy):
+@AUGMENT_ON
+def test_resume_continues_exactly(tmp_path, toy, augment_on):
     # 3 steps per epoch, 2 epochs: stop after 4 steps (mid-epoch 1), resume, compare steps 5-6 with a full run
-    full = train(tiny_config(tmp_path / "full", toy))
-    cut = tiny_config(tmp_path / "cut", toy, "run.max_steps=4")
+    aug = f"data.augment_on={augment_on}"
+    full = train(tiny_config(tmp_path / "full", toy, aug))
+    cut = tiny_config(tmp_path / "cut", toy, aug, "run.max_steps=4")
     train(cut)
     assert load_checkpoint(Path(cut.run.out_dir) / "checkpoints" / "last.pt")["step"] == 4
-    resumed = train(tiny_config(tmp_path / "cut", toy), resume="auto")
+    resumed = train(tiny_config(tmp_path / "cut", toy, aug), resume="auto")
 
     full_log = {r["step"]: r["loss"] for r in read_log(full)}
     resumed_log = {r["step"]: r["loss"] for r in read_log(resumed)}

@@ -57,17 +57,20 @@ class HEDJitter(torch.nn.Module):
         self.log_adjust = float(np.log(1e-6))  # skimage's scaling of optical density into stain units
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        a = 1 + (torch.rand(3) * 2 - 1) * self.alpha
-        b = (torch.rand(3) * 2 - 1) * self.beta
-        return self.jitter(x, a, b)
+        """Jitter a 3xHxW image, or each image of a Bx3xHxW batch with its own draw (from torch's CPU RNG)."""
+        shape = (*x.shape[:-3], 3)
+        a = 1 + (torch.rand(shape) * 2 - 1) * self.alpha
+        b = (torch.rand(shape) * 2 - 1) * self.beta
+        return self.jitter(x, a.to(x.device), b.to(x.device))
 
     def jitter(self, x: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """Scale stain concentrations by `a` and shift them by `b` (each [3], in H, E, D order)."""
+        """Scale stain concentrations by `a` and shift them by `b` ([3] or [B, 3], in H, E, D order)."""
         # log(rgb') = log(rgb) @ (M diag(a) M^-1) + L * (b @ M^-1), with pixels as row vectors.
-        matrix = self.hed_from_rgb @ torch.diag(a) @ self.rgb_from_hed
-        offset = self.log_adjust * (b @ self.rgb_from_hed)
+        to_hed, to_rgb = self.hed_from_rgb.to(x.device), self.rgb_from_hed.to(x.device)
+        matrix = to_hed @ torch.diag_embed(a) @ to_rgb
+        offset = self.log_adjust * (b @ to_rgb)
         log_rgb = x.clamp_min(1e-6).log()
-        out = torch.einsum("chw,cd->dhw", log_rgb, matrix) + offset[:, None, None]
+        out = torch.einsum("...chw,...cd->...dhw", log_rgb, matrix) + offset[..., None, None]
         return out.exp().clamp_(0, 1)
 
 
@@ -192,6 +195,20 @@ class MultiCropAugmentation:
         return f"{type(self).__name__}(preset={self.preset!r}, n_local={self.n_local})"
 
 
+def resize_center_crop(size: int, crop_pct: float = 1.0) -> Callable[[Image.Image], torch.Tensor]:
+    """PIL (or array/tensor) -> uint8 3 x size x size: shorter side resized to size / crop_pct, centre cut.
+
+    An image that is already size x size (a patch tiled at that size) passes through unchanged.
+    """
+    return v2.Compose(
+        [
+            to_uint8_chw,
+            v2.Resize(round(size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
+            v2.CenterCrop(size),
+        ]
+    )
+
+
 def eval_transform(
     size: int,
     mean: Sequence[float] = IMAGENET_MEAN,
@@ -204,12 +221,5 @@ def eval_transform(
     default) suits patches, which are already the field of view we want: a square patch is just resized.
     Use crop_pct=0.875 for ImageNet-style natural images (DINO's resize to 256 then crop 224).
     """
-    return v2.Compose(
-        [
-            to_uint8_chw,
-            v2.Resize(round(size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(size),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(mean, std),
-        ]
-    )
+    to_float = v2.ToDtype(torch.float32, scale=True)
+    return v2.Compose([resize_center_crop(size, crop_pct), to_float, v2.Normalize(mean, std)])

@@ -169,22 +169,38 @@ class CollapseMonitor:
             )
 
 
-def build_data(cfg: SSLConfig, dataset: Dataset | None = None) -> tuple[Dataset, tuple, tuple]:
-    """The multi-crop training set (D's augmentation over D's build_dataset); returns (dataset, mean, std)."""
-    from pathgen.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation
+def build_data(cfg: SSLConfig, dataset: Dataset | None = None) -> tuple[Dataset, tuple, tuple, nn.Module | None]:
+    """The training set and its (mean, std), plus the batched multi-crop when it runs on the device.
 
-    if dataset is not None:
-        return dataset, tuple(getattr(dataset, "mean", IMAGENET_MEAN)), tuple(getattr(dataset, "std", IMAGENET_STD))
-    from pathgen.data.datasets import build_dataset
+    augment_on "workers": items are lists of crops (MultiCropAugmentation in the DataLoader workers), and the
+    returned module is None. "device": items are uint8 images of one size, and the returned DeviceMultiCrop
+    turns each loaded batch into crops on the training device. A given `dataset` replaces the configured
+    sources; its items must match augment_on.
+    """
+    from pathgen.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation, resize_center_crop
+    from pathgen.data.device_augment import DeviceMultiCrop
 
     d = cfg.data
-    if not d.sources:
-        raise ConfigError("data.sources", "no training data configured (stores, manifests or image folders)")
-    aug = MultiCropAugmentation(
-        global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
-        global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale), preset=d.preset,
-    )
-    return build_dataset(d.sources, transform=aug), IMAGENET_MEAN, IMAGENET_STD
+    crop_kwargs = dict(global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
+                       global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale), preset=d.preset)
+    on_device = d.augment_on == "device"
+    if dataset is not None:
+        mean, std = tuple(getattr(dataset, "mean", IMAGENET_MEAN)), tuple(getattr(dataset, "std", IMAGENET_STD))
+    else:
+        from pathgen.data.datasets import build_dataset
+
+        if not d.sources:
+            raise ConfigError("data.sources", "no training data configured (stores, manifests or image folders)")
+        transform = resize_center_crop(d.device_input_size) if on_device else MultiCropAugmentation(**crop_kwargs)
+        dataset, mean, std = build_dataset(d.sources, transform=transform), IMAGENET_MEAN, IMAGENET_STD
+    return dataset, mean, std, (DeviceMultiCrop(**crop_kwargs, mean=mean, std=std) if on_device else None)
+
+
+def crops_on_device(first: Any, device: torch.device, multicrop: nn.Module | None) -> list[torch.Tensor]:
+    """A loaded batch's images as the list of crops on `device`: moved as they are, or cut there."""
+    if multicrop is None:
+        return [c.to(device, non_blocking=True) for c in first]
+    return multicrop(first.to(device, non_blocking=True))
 
 
 def build_knn_sets(cfg: SSLConfig):
@@ -240,7 +256,7 @@ def train(
     seed_everything(cfg.run.seed + rank)
 
     # ---- data ----
-    dataset, mean, std = build_data(cfg, dataset)
+    dataset, mean, std, multicrop = build_data(cfg, dataset)
     batch = cfg.data.batch_size
     sampler = ResumableSampler(distributed_sampler(dataset, seed=cfg.run.seed), batch)
     loader_rng = torch.Generator()  # worker seeds come from here, not the global RNG (keeps resume exact)
@@ -329,7 +345,7 @@ def train(
                 if i == 0:  # only the weight matrices are decayed
                     group["weight_decay"] = float(wd_sched[it])
 
-            crops = [c.to(device, non_blocking=True) for c in data[0]]
+            crops = crops_on_device(data[0], device, multicrop)
             with autocast(device):
                 teacher_out = teacher.module(crops[:N_GLOBAL])
                 student_out = student_ddp(crops)

@@ -1,0 +1,124 @@
+"""DINO multi-crop on whole batches, on the training device (GPU): the loader's workers only decode.
+
+On a GPU server the per-image CPU augmentation (`MultiCropAugmentation`, ~9-20 ms per patch for ten crops) is
+what starves the GPU: each worker core feeds ~50-100 patches/s. With `data.augment_on: device` the workers hand
+over uint8 batches of the decoded patches and this module cuts and colours all views of all images at once
+with kornia's batched augmentations, every sample drawing its own parameters. It is the same recipe as
+`CropView` (see there for the presets), with two differences: crops are resampled by area-averaged bilinear
+sampling (roi_align) rather than antialiased bicubic, and the blur kernel has a fixed 13-tap support (3 sigma at
+the largest sigma).
+
+All parameters are drawn from torch's CPU generator, whatever the device, so seeding and checkpointed RNG
+state make a run reproducible and its resume exact, as with the worker-side augmentation.
+"""
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from pathgen.data.augment import BLUR_SIGMA, IMAGENET_MEAN, IMAGENET_STD, PRESETS, HEDJitter
+
+BLUR_KERNEL = 2 * round(3 * BLUR_SIGMA[1]) + 1
+
+
+def _where(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-sample choice between two batches: mask [B] (bool, any device)."""
+    return torch.where(mask.to(a.device).view(-1, 1, 1, 1), a, b)
+
+
+def _coins(n: int, p: float) -> torch.Tensor:
+    return torch.rand(n) < p
+
+
+class BatchCropView(nn.Module):
+    """One multi-crop view of every image in a batch: float B x 3 x H x W in [0, 1] -> normalised B x 3 x s x s."""
+
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float],
+        preset: str,
+        blur_p: float,
+        solarize_p: float,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        import kornia.augmentation as K
+
+        if preset not in PRESETS:
+            raise ValueError(f"unknown augmentation preset {preset!r}; expected one of {PRESETS}")
+        self.preset = preset
+        self.size = size
+        self.boxes = K.RandomResizedCrop((size, size), scale=scale)  # only draws the boxes, vectorised
+        natural = preset == "natural"
+        self.jitter = K.ColorJitter(0.4, 0.4, 0.2, 0.1) if natural else K.ColorJitter(0.15, 0.15)
+        self.stain = None if natural else HEDJitter()
+        self.grayscale = K.RandomGrayscale(p=0.2 if natural else 0.0)
+        self.blur = K.RandomGaussianBlur(BLUR_KERNEL, BLUR_SIGMA, p=blur_p)
+        self.solarize = K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p)  # fixed threshold 0.5
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def crop(self, x: torch.Tensor) -> torch.Tensor:
+        """Random resized crops of every image, all in one roi_align call.
+
+        roi_align averages ceil(box / size) bilinear samples per output pixel along each axis: a downscaling
+        crop is area-averaged (antialiased), like the CPU path's antialiased resize, where a plain warp would alias.
+        """
+        from torchvision.ops import roi_align
+
+        corners = self.boxes.forward_parameters(x.shape)["src"]  # [B, 4, 2] inclusive pixel corners, (x, y)
+        index = torch.arange(len(x), dtype=corners.dtype)[:, None]
+        boxes = torch.cat([index, corners[:, 0], corners[:, 2] + 1], dim=1)  # (b, x1, y1, x2, y2), pixel edges
+        return roi_align(x, boxes.to(x.device, x.dtype), self.size, spatial_scale=1.0, sampling_ratio=-1, aligned=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n = len(x)
+        x = self.crop(x)
+        if self.preset == "histo":  # the 8 dihedral orientations of a square: transpose, then two flips
+            x = _where(_coins(n, 0.5), x.transpose(-2, -1), x)
+            x = _where(_coins(n, 0.5), x.flip(-2), x)
+        x = _where(_coins(n, 0.5), x.flip(-1), x)
+        jittered = self.jitter(x if self.stain is None else self.stain(x))
+        x = _where(_coins(n, 0.8), jittered, x)
+        x = self.grayscale(x)
+        x = self.blur(x)
+        x = self.solarize(x)
+        return (x - self.mean.to(x.device)) / self.std.to(x.device)
+
+
+class DeviceMultiCrop(nn.Module):
+    """DINO multi-crop of a uint8 batch B x 3 x H x W: [global1, global2, local_1..local_n], each B x 3 x s x s.
+
+    The same presets and probabilities as `MultiCropAugmentation`; call it on the batch after moving it to the
+    device. Runs in float32 whatever autocast is active.
+    """
+
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 96,
+        n_local: int = 8,
+        global_scale: tuple[float, float] = (0.4, 1.0),
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        preset: str = "natural",
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        super().__init__()
+        self.n_local = n_local
+        solarize = 0.2 if preset == "natural" else 0.0
+        global_scale, local_scale = tuple(global_scale), tuple(local_scale)
+        self.global1 = BatchCropView(global_size, global_scale, preset, 1.0, 0.0, mean, std)
+        self.global2 = BatchCropView(global_size, global_scale, preset, 0.1, solarize, mean, std)
+        self.local = BatchCropView(local_size, local_scale, preset, 0.5, 0.0, mean, std)
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected a uint8 batch B x 3 x H x W, got {images.dtype} {tuple(images.shape)}")
+        with torch.autocast(images.device.type, enabled=False):
+            x = images.float().div_(255)
+            return [self.global1(x), self.global2(x)] + [self.local(x) for _ in range(self.n_local)]
