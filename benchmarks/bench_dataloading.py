@@ -4,11 +4,17 @@ Measured side by side in one run, through the same code path (`build_dataset` ->
 workers, batch size and MultiCropAugmentation); only the source differs. The patches come from tiling the
 synthetic demo cohort with `tile_cohort`; the JPEG folder (quality 90) is written from the Zarr stores.
 
-For each source it reports patches/s into augmented multi-crop batches (the training input) and, to show
-where the time goes, patches/s with decoding only (no augmentation), plus a single-process breakdown of the
-per-patch cost of decoding vs augmenting. Sources are timed in interleaved rounds (median over rounds), so
-background load on the machine hits them alike; patches per CPU-second (main process + DataLoader workers)
-is printed next to wall-clock patches/s because it does not depend on that load.
+For each source it reports patches/s in three pipelines:
+- "augmented": augmented multi-crop batches made in the workers (data.augment_on: workers, the default);
+- "decode only": the loader of data.augment_on: device, whose workers only decode (uint8 batches for the
+  batched multi-crop on the GPU). Its dataset is repeated --repeat times so that a timed pass is thousands of
+  patches, as a real epoch is, and worker start-up does not dominate;
+- "device aug": that loader plus `DeviceMultiCrop` on each batch in the main process, on the GPU if there is
+  one (on a CPU-only machine the CPU does it, so this says nothing about GPU speed).
+Plus a single-process breakdown of the per-patch cost of decoding vs augmenting. Sources are timed in
+interleaved rounds (median over rounds), so background load on the machine hits them alike; patches per
+CPU-second (main process + DataLoader workers) is printed next to wall-clock patches/s because it does not
+depend on that load.
 
     python benchmarks/bench_dataloading.py                     # 4 demo slides, 2 workers, histo preset
     python benchmarks/bench_dataloading.py --workers 4 --preset natural --rounds 5
@@ -23,10 +29,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
-from pathgen.data.augment import MultiCropAugmentation, to_uint8_chw
+from pathgen.data.augment import MultiCropAugmentation, ResizeCenterCrop
 from pathgen.data.datasets import build_dataset
+from pathgen.data.device_augment import DeviceMultiCrop
+from pathgen.device import get_device
 
 
 def prepare(work: Path, n_slides: int, patch_size: int, mpp: float) -> dict[str, Path]:
@@ -63,8 +71,8 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
-def loader_rate(dataset, batch_size: int, workers: int, epochs: int) -> tuple[float, float]:
-    """(patches per wall-clock second, patches per CPU second) over `epochs` passes.
+def loader_rate(dataset, batch_size: int, workers: int, epochs: int, on_batch=None) -> tuple[float, float]:
+    """(patches per wall-clock second, patches per CPU second) over `epochs` passes; on_batch(images) if given.
 
     One untimed pass first warms the page cache. Workers are not persistent, so each pass's workers exit
     and their CPU time is counted: CPU seconds per patch do not depend on what else runs on the machine.
@@ -74,9 +82,11 @@ def loader_rate(dataset, batch_size: int, workers: int, epochs: int) -> tuple[fl
         pass
     n, t0, c0 = 0, time.perf_counter(), _cpu_seconds()
     for _ in range(epochs):
-        for batch in loader:
+        for images, _ in loader:
+            if on_batch is not None:
+                on_batch(images)
             n += batch_size
-            del batch
+            del images
     return n / (time.perf_counter() - t0), n / (_cpu_seconds() - c0)
 
 
@@ -88,18 +98,15 @@ def per_patch_ms(fn, items: list, repeat: int = 2) -> float:
     return 1000 * (time.perf_counter() - t0) / (repeat * len(items))
 
 
-def breakdown(sources: dict[str, Path], aug: MultiCropAugmentation, n: int = 64) -> dict[str, float]:
-    """Single-process ms per patch: decode from each source, and the multi-crop augmentation itself."""
-    from pathgen.store import find_stores, open_store
-
+def breakdown(datasets: dict, aug: MultiCropAugmentation, n: int = 200) -> dict[str, float]:
+    """Single-process ms per patch: a random item of each source through the decode-only loader's dataset
+    (read + decode + uint8 tensor), and the per-image multi-crop augmentation itself."""
     torch.set_num_threads(1)  # as in a DataLoader worker
-    jpegs = sorted(sources["jpeg"].rglob("*.jpg"))[:n]
-    out = {"decode jpeg (PIL)": per_patch_ms(lambda p: to_uint8_chw(Image.open(p)), jpegs)}
-    for fmt in ("zarr", "h5"):
-        with open_store(find_stores(sources[fmt])[0]) as store:
-            idx = list(range(min(n, len(store))))
-            out[f"decode {fmt}"] = per_patch_ms(lambda i, s=store: to_uint8_chw(Image.fromarray(s[i])), idx)
-    img = Image.open(jpegs[0]).convert("RGB")
+    out = {}
+    for name, dataset in datasets.items():
+        picks = torch.randint(len(dataset), (n,)).tolist()
+        out[f"decode {name}"] = per_patch_ms(lambda i, d=dataset: d[i], picks)
+    img = datasets["jpeg"][0][0]
     out["multi-crop augmentation"] = per_patch_ms(aug, [img] * 16)
     return out
 
@@ -114,6 +121,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=1, help="Timed passes per round.")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds; the median is reported.")
+    p.add_argument("--repeat", type=int, default=10, help="Passes over the patches per decode-only epoch.")
     p.add_argument("--preset", default="histo", choices=["histo", "natural"])
     p.add_argument("--global-size", type=int, default=224)
     p.add_argument("--local-size", type=int, default=96)
@@ -125,28 +133,37 @@ def main() -> None:
         work.mkdir(parents=True, exist_ok=True)
         sources = prepare(work, args.slides, args.patch_size, args.mpp)
         aug = MultiCropAugmentation(args.global_size, args.local_size, args.n_local, preset=args.preset)
+        device = get_device()
+        on_device = DeviceMultiCrop(args.global_size, args.local_size, args.n_local, preset=args.preset)
         augmented = {name: build_dataset(src, transform=aug) for name, src in sources.items()}
-        decoded = {name: build_dataset(src, transform=to_uint8_chw) for name, src in sources.items()}
+        to_uint8 = ResizeCenterCrop(args.patch_size)  # the workers' transform under data.augment_on: device
+        decoded = {name: build_dataset(src, transform=to_uint8) for name, src in sources.items()}
         sizes = {name: len(ds) for name, ds in augmented.items()}
         assert len(set(sizes.values())) == 1, f"sources hold different patch counts: {sizes}"
         print(
             f"{sizes['jpeg']} patches of {args.patch_size} px from {args.slides} demo slides; workers {args.workers}, "
             f"batch {args.batch_size}, preset {args.preset}, crops 2x{args.global_size} + "
-            f"{args.n_local}x{args.local_size}; {args.rounds} interleaved rounds x {args.epochs} epoch(s), median"
+            f"{args.n_local}x{args.local_size}; decode only x{args.repeat} passes per epoch; device aug on {device}; "
+            f"{args.rounds} interleaved rounds x {args.epochs} epoch(s), median"
         )
+        pipelines = {
+            "augmented": (augmented, None),
+            "decode only": ({k: ConcatDataset([d] * args.repeat) for k, d in decoded.items()}, None),
+            "device aug": (decoded, lambda images: on_device(images.to(device))),
+        }
         rates: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
             for name in sources:
-                for pipeline, datasets in (("augmented", augmented), ("decode only", decoded)):
-                    rate = loader_rate(datasets[name], args.batch_size, args.workers, args.epochs)
+                for pipeline, (datasets, on_batch) in pipelines.items():
+                    rate = loader_rate(datasets[name], args.batch_size, args.workers, args.epochs, on_batch)
                     rates.setdefault((pipeline, name), []).append(rate)
         print(f"\n{'pipeline':<14}{'source':<8}{'patches/s':>11}{'vs jpeg':>9}{'patches/CPU-s':>15}{'vs jpeg':>9}")
-        for (pipeline, name), values in sorted(rates.items(), key=lambda kv: kv[0][0]):
+        for (pipeline, name), values in rates.items():
             wall, cpu = (statistics.median(v) for v in zip(*values, strict=True))
             base_wall, base_cpu = (statistics.median(v) for v in zip(*rates[(pipeline, "jpeg")], strict=True))
             print(f"{pipeline:<14}{name:<8}{wall:>11.1f}{wall / base_wall:>8.2f}x{cpu:>15.1f}{cpu / base_cpu:>8.2f}x")
         print("\nsingle process, ms per patch:")
-        for what, ms in breakdown(sources, aug).items():
+        for what, ms in breakdown(decoded, aug).items():
             print(f"  {what:<26}{ms:8.2f}")
 
 

@@ -129,6 +129,18 @@ def test_eval_transform_is_deterministic_resize_and_center_crop():
     assert eval_transform(32, crop_pct=0.875)(img).shape == (3, 32, 32)
 
 
+def test_resize_center_crop_passes_a_patch_of_the_right_size_through_untouched():
+    from pathgen.data.augment import ResizeCenterCrop
+
+    patch = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    out = ResizeCenterCrop(32)(patch)
+    assert out.dtype == torch.uint8 and torch.equal(out, torch.from_numpy(patch).permute(2, 0, 1))
+    assert ResizeCenterCrop(16)(patch).shape == (3, 16, 16)
+    wide = Image.fromarray(np.random.default_rng(1).integers(0, 255, (40, 60, 3), dtype=np.uint8))
+    assert ResizeCenterCrop(32)(wide).shape == (3, 32, 32)  # shorter side to 32, centre 32 x 32
+    assert not torch.equal(ResizeCenterCrop(32, crop_pct=0.875)(patch), out)  # zooms in: resize 37, crop 32
+
+
 def test_gaussian_blur_matches_scipy():
     from scipy.ndimage import gaussian_filter
 

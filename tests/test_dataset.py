@@ -56,6 +56,22 @@ def test_min_tissue_transform_and_default_labels(stores):
     assert {ds[i][1] for i in range(len(ds))} == {-1}
 
 
+def test_a_transform_that_accepts_arrays_gets_the_stored_array(stores):
+    seen = []
+
+    class Record:
+        accepts_arrays = True
+
+        def __call__(self, patch):
+            seen.append(patch)
+            return int(patch[0, 0, 0])
+
+    ds = PatchDataset(stores, transform=Record())
+    assert [ds[i][0] for i in range(len(ds))] == [10, 11, 12, 13, 100, 101, 102, 200, 201, 202, 203, 204]
+    assert all(isinstance(p, np.ndarray) and p.dtype == np.uint8 and p.shape == (SIZE, SIZE, 3) for p in seen)
+    assert all(p.flags.writeable for p in seen)  # torch.from_numpy needs no defensive copy
+
+
 def test_store_labels_and_classes(tmp_path):
     a = _store(tmp_path / "a.zarr", 3, 0, labels=np.array([0, 1, 0]), classes=["normal", "lesion"])
     b = _store(tmp_path / "b.h5", 2, 50, labels=np.array([1, 1]), classes=["normal", "lesion"])

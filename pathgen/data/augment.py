@@ -6,7 +6,7 @@ pixels stay uint8 for as long as the operations allow. All randomness comes from
 RNG, so `torch.manual_seed` (and the per-worker seeding of DataLoader) makes the crops reproducible.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -160,6 +160,18 @@ def _coin(p: float) -> bool:
     return bool(torch.rand(()) < p)
 
 
+def dino_views(view, global_size, local_size, global_scale, local_scale, preset, mean, std) -> tuple:
+    """DINO's three view recipes (global 1, global 2, local) built with `view` (CropView or BatchCropView):
+    blur p=1.0 / 0.1 / 0.5, solarize p=0.2 on the second global view of natural images only."""
+    solarize = 0.2 if preset == "natural" else 0.0
+    global_scale, local_scale = tuple(global_scale), tuple(local_scale)
+    return (
+        view(global_size, global_scale, preset, 1.0, 0.0, mean, std),
+        view(global_size, global_scale, preset, 0.1, solarize, mean, std),
+        view(local_size, local_scale, preset, 0.5, 0.0, mean, std),
+    )
+
+
 class MultiCropAugmentation:
     """DINO multi-crop: 2 global views then `n_local` local views of one image, as normalised float tensors.
 
@@ -181,11 +193,10 @@ class MultiCropAugmentation:
         std: Sequence[float] = IMAGENET_STD,
     ):
         self.preset, self.n_local = preset, n_local
-        solarize = 0.2 if preset == "natural" else 0.0
-        global_scale, local_scale = tuple(global_scale), tuple(local_scale)
-        self.global1 = CropView(global_size, global_scale, preset, 1.0, 0.0, mean, std)
-        self.global2 = CropView(global_size, global_scale, preset, 0.1, solarize, mean, std)
-        self.local = CropView(local_size, local_scale, preset, 0.5, 0.0, mean, std)
+        views = dino_views(CropView, global_size, local_size, global_scale, local_scale, preset, mean, std)
+        self.global1, self.global2, self.local = views
+
+    accepts_arrays = True  # PatchDataset hands over the stored array without a PIL round trip
 
     def __call__(self, img: Image.Image | np.ndarray | torch.Tensor) -> list[torch.Tensor]:
         x = to_uint8_chw(img)
@@ -195,18 +206,35 @@ class MultiCropAugmentation:
         return f"{type(self).__name__}(preset={self.preset!r}, n_local={self.n_local})"
 
 
-def resize_center_crop(size: int, crop_pct: float = 1.0) -> Callable[[Image.Image], torch.Tensor]:
+class ResizeCenterCrop:
     """PIL (or array/tensor) -> uint8 3 x size x size: shorter side resized to size / crop_pct, centre cut.
 
-    An image that is already size x size (a patch tiled at that size) passes through unchanged.
+    With crop_pct=1 an image that is already size x size (a patch tiled at that size) passes through untouched.
     """
-    return v2.Compose(
-        [
-            to_uint8_chw,
-            v2.Resize(round(size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-            v2.CenterCrop(size),
-        ]
-    )
+
+    accepts_arrays = True  # PatchDataset hands over the stored array without a PIL round trip
+
+    def __init__(self, size: int, crop_pct: float = 1.0):
+        self.size, self.crop_pct = size, crop_pct
+        self.resize = v2.Resize(round(size / crop_pct), interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
+        self.crop = v2.CenterCrop(size)
+
+    def __call__(self, img: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+        x = to_uint8_chw(img)
+        if self.crop_pct == 1 and x.shape[-2:] == (self.size, self.size):
+            return x
+        return self.crop(self.resize(x))
+
+
+class EvalTransform(ResizeCenterCrop):
+    """ResizeCenterCrop, then float in [0, 1] and normalisation: the frozen-feature evaluation input."""
+
+    def __init__(self, size: int, mean: Sequence[float], std: Sequence[float], crop_pct: float = 1.0):
+        super().__init__(size, crop_pct)
+        self.mean, self.std = list(mean), list(std)
+
+    def __call__(self, img: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+        return F.normalize(super().__call__(img).float().div_(255), self.mean, self.std)
 
 
 def eval_transform(
@@ -214,12 +242,11 @@ def eval_transform(
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
     crop_pct: float = 1.0,
-) -> Callable[[Image.Image], torch.Tensor]:
+) -> EvalTransform:
     """Deterministic preprocessing for frozen-feature evaluation: PIL (or array/tensor) -> normalised 3xSxS.
 
     The shorter side is resized to size / crop_pct, then the centre size x size is cut. crop_pct=1.0 (the
     default) suits patches, which are already the field of view we want: a square patch is just resized.
     Use crop_pct=0.875 for ImageNet-style natural images (DINO's resize to 256 then crop 224).
     """
-    to_float = v2.ToDtype(torch.float32, scale=True)
-    return v2.Compose([resize_center_crop(size, crop_pct), to_float, v2.Normalize(mean, std)])
+    return EvalTransform(size, mean, std, crop_pct)

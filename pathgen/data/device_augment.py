@@ -17,7 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pathgen.data.augment import BLUR_SIGMA, IMAGENET_MEAN, IMAGENET_STD, PRESETS, HEDJitter
+from pathgen.data.augment import BLUR_SIGMA, IMAGENET_MEAN, IMAGENET_STD, PRESETS, HEDJitter, dino_views
 
 BLUR_KERNEL = 2 * round(3 * BLUR_SIGMA[1]) + 1
 
@@ -109,11 +109,8 @@ class DeviceMultiCrop(nn.Module):
     ):
         super().__init__()
         self.n_local = n_local
-        solarize = 0.2 if preset == "natural" else 0.0
-        global_scale, local_scale = tuple(global_scale), tuple(local_scale)
-        self.global1 = BatchCropView(global_size, global_scale, preset, 1.0, 0.0, mean, std)
-        self.global2 = BatchCropView(global_size, global_scale, preset, 0.1, solarize, mean, std)
-        self.local = BatchCropView(local_size, local_scale, preset, 0.5, 0.0, mean, std)
+        views = dino_views(BatchCropView, global_size, local_size, global_scale, local_scale, preset, mean, std)
+        self.global1, self.global2, self.local = views
 
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:

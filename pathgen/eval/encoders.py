@@ -12,12 +12,11 @@ RANDOM_PREFIX = "random:"
 
 
 def _normalize_params(transform: Callable) -> tuple[tuple[float, ...], tuple[float, ...]] | None:
-    """(mean, std) of the Normalize step of an eval_transform-style Compose, if it has one."""
-    from torchvision.transforms import v2
+    """(mean, std) of an eval_transform's normalisation; None for any other preprocessing."""
+    from pathgen.data.augment import EvalTransform
 
-    for step in getattr(transform, "transforms", []):
-        if isinstance(step, v2.Normalize):
-            return tuple(step.mean), tuple(step.std)
+    if isinstance(transform, EvalTransform):
+        return tuple(transform.mean), tuple(transform.std)
     return None
 
 

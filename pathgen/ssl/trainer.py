@@ -177,7 +177,7 @@ def build_data(cfg: SSLConfig, dataset: Dataset | None = None) -> tuple[Dataset,
     turns each loaded batch into crops on the training device. A given `dataset` replaces the configured
     sources; its items must match augment_on.
     """
-    from pathgen.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation, resize_center_crop
+    from pathgen.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation, ResizeCenterCrop
     from pathgen.data.device_augment import DeviceMultiCrop
 
     d = cfg.data
@@ -191,7 +191,7 @@ def build_data(cfg: SSLConfig, dataset: Dataset | None = None) -> tuple[Dataset,
 
         if not d.sources:
             raise ConfigError("data.sources", "no training data configured (stores, manifests or image folders)")
-        transform = resize_center_crop(d.device_input_size) if on_device else MultiCropAugmentation(**crop_kwargs)
+        transform = ResizeCenterCrop(d.device_input_size) if on_device else MultiCropAugmentation(**crop_kwargs)
         dataset, mean, std = build_dataset(d.sources, transform=transform), IMAGENET_MEAN, IMAGENET_STD
     return dataset, mean, std, (DeviceMultiCrop(**crop_kwargs, mean=mean, std=std) if on_device else None)
 

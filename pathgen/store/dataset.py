@@ -17,6 +17,8 @@ class PatchDataset(torch.utils.data.Dataset):
 
     labels: one int per store (a slide-level label for all its patches); otherwise each store's own `labels`,
     otherwise -1. Stores are opened lazily and once per process, so DataLoader workers get their own handles.
+    The transform receives a PIL image, as torchvision's datasets give, unless it has `accepts_arrays = True`:
+    then it gets the stored uint8 HxWx3 array itself (pathgen's transforms do; it saves two copies per patch).
     """
 
     def __init__(
@@ -75,6 +77,8 @@ class PatchDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         patch = self._store(int(self.store_ids[i]))[int(self.patch_ids[i])]
+        if getattr(self.transform, "accepts_arrays", False):
+            return self.transform(patch), int(self.targets[i])
         img = Image.fromarray(patch)
         return (self.transform(img) if self.transform is not None else img), int(self.targets[i])
 
