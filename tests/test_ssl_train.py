@@ -32,7 +32,8 @@ def make_toy_folder(root: Path, n_per_class: int = 12, size: int = 40, seed: int
 def tiny_config(tmp_path: Path, data: Path, *overrides: str) -> SSLConfig:
     base = [
         f"data.sources=[{data}]", "data.global_size=32", "data.local_size=16", "data.n_local=2",
-        "data.batch_size=8", "data.num_workers=0", "model.name=vit_tiny_patch16_224", "model.img_size=32",
+        "data.batch_size=8", "data.num_workers=0", "data.device_input_size=40",
+        "model.name=vit_tiny_patch16_224", "model.img_size=32",
         "model.kwargs={depth: 2, embed_dim: 32, num_heads: 2, patch_size: 8}", "model.out_dim=128",
         "model.hidden_dim=64", "model.bottleneck_dim=32", "model.drop_path_rate=0.1", "optim.epochs=2",
         "optim.warmup_epochs=0", "dino.warmup_teacher_temp_epochs=0", "run.log_every=1", "run.device=cpu",
@@ -57,7 +58,7 @@ AUGMENT_ON = pytest.mark.parametrize("augment_on", ["workers", "device"])
 def test_a_few_steps_reduce_the_loss(tmp_path, toy, augment_on):
     # the student learns to match the (slow) teacher's sharpened outputs on both classes' crops
     cfg = tiny_config(tmp_path, toy, "optim.base_lr=0.5", "optim.freeze_last_layer=0", "model.drop_path_rate=0.0",
-                      "dino.teacher_temp=0.04", f"data.augment_on={augment_on}", "data.device_input_size=40")
+                      "dino.teacher_temp=0.04", f"data.augment_on={augment_on}")
     out = train(cfg)
     losses = [r["loss"] for r in read_log(out) if "loss" in r]
     assert len(losses) == 2 * 3  # 24 images / batch 8 = 3 steps per epoch
@@ -65,15 +66,16 @@ def test_a_few_steps_reduce_the_loss(tmp_path, toy, augment_on):
     assert min(losses[3:]) < 0.6 * losses[0], losses
 
 
-@AUGMENT_ON
-def test_resume_continues_exactly(tmp_path, toy, augment_on):
-    # 3 steps per epoch, 2 epochs: stop after 4 steps (mid-epoch 1), resume, compare steps 5-6 with a full run
-    aug = f"data.augment_on={augment_on}"
-    full = train(tiny_config(tmp_path / "full", toy, aug))
-    cut = tiny_config(tmp_path / "cut", toy, aug, "run.max_steps=4")
+@pytest.mark.parametrize("augment_on, workers", [("workers", 0), ("workers", 2), ("device", 2)])
+def test_resume_continues_exactly(tmp_path, toy, augment_on, workers):
+    # 3 steps per epoch, 2 epochs: stop after 4 steps (mid-epoch 1), resume, compare steps 5-6 with a full run.
+    # With loader workers too: each item's crops depend only on (seed, epoch, index), or are cut on the device.
+    aug = [f"data.augment_on={augment_on}", f"data.num_workers={workers}"]
+    full = train(tiny_config(tmp_path / "full", toy, *aug))
+    cut = tiny_config(tmp_path / "cut", toy, *aug, "run.max_steps=4")
     train(cut)
     assert load_checkpoint(Path(cut.run.out_dir) / "checkpoints" / "last.pt")["step"] == 4
-    resumed = train(tiny_config(tmp_path / "cut", toy, aug), resume="auto")
+    resumed = train(tiny_config(tmp_path / "cut", toy, *aug), resume="auto")
 
     full_log = {r["step"]: r["loss"] for r in read_log(full)}
     resumed_log = {r["step"]: r["loss"] for r in read_log(resumed)}

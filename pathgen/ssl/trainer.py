@@ -125,6 +125,29 @@ class ResumableSampler(Sampler):
         return len(self.inner) - self.skip
 
 
+class ItemSeededDataset(Dataset):
+    """Draws each item's augmentation from torch's RNG seeded by (seed, epoch, index), then restores the RNG.
+
+    An item's crops then depend on nothing else: not on which DataLoader worker loads it, nor on what that
+    worker loaded before. So a run resumed mid-epoch gets exactly the crops the uninterrupted run got, with any
+    number of workers, and the crops do not change with data.num_workers.
+    """
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed, self.epoch = dataset, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch  # workers are started per epoch, each with a copy of this object
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 100_000_007 + int(i)) % 2**63)
+            return self.dataset[i]
+
+
 @torch.no_grad()
 def teacher_stats(targets: torch.Tensor) -> dict[str, float]:
     """Collapse indicators for teacher distributions [N, K] (after centring and sharpening).
@@ -257,6 +280,8 @@ def train(
 
     # ---- data ----
     dataset, mean, std, multicrop = build_data(cfg, dataset)
+    if multicrop is None:  # augmenting in the workers: make each item's crops a function of (seed, epoch, index)
+        dataset = ItemSeededDataset(dataset, cfg.run.seed)
     batch = cfg.data.batch_size
     sampler = ResumableSampler(distributed_sampler(dataset, seed=cfg.run.seed), batch)
     loader_rng = torch.Generator()  # worker seeds come from here, not the global RNG (keeps resume exact)
@@ -336,6 +361,8 @@ def train(
     while step < last_step:
         epoch = step // iters_per_epoch
         sampler.set_epoch(epoch, skip_batches=step % iters_per_epoch)
+        if isinstance(dataset, ItemSeededDataset):
+            dataset.set_epoch(epoch)
         loader_rng.manual_seed(cfg.run.seed * 100_003 + epoch * world + rank)
         student.train()
         for data in loader:
