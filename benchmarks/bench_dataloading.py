@@ -76,8 +76,11 @@ def loader_rate(dataset, batch_size: int, workers: int, epochs: int, on_batch=No
 
     One untimed pass first warms the page cache. Workers are not persistent, so each pass's workers exit
     and their CPU time is counted: CPU seconds per patch do not depend on what else runs on the machine.
+    Batches are pinned and the clock waits for queued GPU work, as in training on a GPU.
     """
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True)
+    cuda = torch.cuda.is_available()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers, drop_last=True,
+                        pin_memory=cuda)
     for _ in loader:
         pass
     n, t0, c0 = 0, time.perf_counter(), _cpu_seconds()
@@ -87,6 +90,8 @@ def loader_rate(dataset, batch_size: int, workers: int, epochs: int, on_batch=No
                 on_batch(images)
             n += batch_size
             del images
+    if cuda:
+        torch.cuda.synchronize()
     return n / (time.perf_counter() - t0), n / (_cpu_seconds() - c0)
 
 
@@ -149,7 +154,7 @@ def main() -> None:
         pipelines = {
             "augmented": (augmented, None),
             "decode only": ({k: ConcatDataset([d] * args.repeat) for k, d in decoded.items()}, None),
-            "device aug": (decoded, lambda images: on_device(images.to(device))),
+            "device aug": (decoded, lambda images: on_device(images.to(device, non_blocking=True))),
         }
         rates: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for _ in range(args.rounds):
