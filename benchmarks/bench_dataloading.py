@@ -126,7 +126,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--epochs", type=int, default=1, help="Timed passes per round.")
     p.add_argument("--rounds", type=int, default=3, help="Interleaved rounds; the median is reported.")
-    p.add_argument("--repeat", type=int, default=10, help="Passes over the patches per decode-only epoch.")
+    p.add_argument("--repeat", type=int, default=30, help="Passes over the patches per decode-only epoch.")
     p.add_argument("--preset", default="histo", choices=["histo", "natural"])
     p.add_argument("--global-size", type=int, default=224)
     p.add_argument("--local-size", type=int, default=96)
