@@ -31,6 +31,13 @@ def _coins(n: int, p: float) -> torch.Tensor:
     return torch.rand(n) < p
 
 
+def _apply(augmentation: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """A kornia augmentation with parameters drawn on the CPU and moved to x's device, as kornia's own
+    generators do when set to that device: the draws stay on the CPU RNG whatever the device."""
+    params = augmentation.forward_parameters(x.shape)
+    return augmentation(x, params={k: v.to(x.device) if torch.is_tensor(v) else v for k, v in params.items()})
+
+
 class BatchCropView(nn.Module):
     """One multi-crop view of every image in a batch: float B x 3 x H x W in [0, 1] -> normalised B x 3 x s x s."""
 
@@ -81,11 +88,11 @@ class BatchCropView(nn.Module):
             x = _where(_coins(n, 0.5), x.transpose(-2, -1), x)
             x = _where(_coins(n, 0.5), x.flip(-2), x)
         x = _where(_coins(n, 0.5), x.flip(-1), x)
-        jittered = self.jitter(x if self.stain is None else self.stain(x))
+        jittered = _apply(self.jitter, x if self.stain is None else self.stain(x))
         x = _where(_coins(n, 0.8), jittered, x)
-        x = self.grayscale(x)
-        x = self.blur(x)
-        x = self.solarize(x)
+        x = _apply(self.grayscale, x)
+        x = _apply(self.blur, x)
+        x = _apply(self.solarize, x)
         return (x - self.mean.to(x.device)) / self.std.to(x.device)
 
 
