@@ -141,6 +141,18 @@ def test_resize_center_crop_passes_a_patch_of_the_right_size_through_untouched()
     assert not torch.equal(ResizeCenterCrop(32, crop_pct=0.875)(patch), out)  # zooms in: resize 37, crop 32
 
 
+def test_views_picture_lays_out_each_image_s_views_in_a_row():
+    from pathgen.data.augment import views_picture
+
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    shade = torch.tensor([0.2, 0.8]).view(2, 1, 1, 1)  # image 0 dark, image 1 light, in every view
+    crops = [(shade.expand(2, 3, s, s) - mean) / std for s in (12, 12, 6)]
+    pic = np.asarray(views_picture(crops, n_images=8))
+    assert pic.shape == (2 * (12 + 4) + 4, 12 + 12 + 6 + 4 * 4, 3)  # two rows: only 2 images in the batch
+    assert (pic[4:16, 4:16] == 51).all() and (pic[20:32, 4:16] == 204).all()  # 0.2 and 0.8 of 255
+    assert (pic[4:10, 36:42] == 51).all() and (pic[10:16, 36:42] == 255).all()  # a local view, white below
+
+
 def test_gaussian_blur_matches_scipy():
     from scipy.ndimage import gaussian_filter
 

@@ -102,6 +102,9 @@ def test_first_epoch_freezes_last_layer_and_writes_artefacts(tmp_path, toy):
     assert any(k.startswith("backbone.") for k in moved) and any(k.startswith("head.mlp") for k in moved)
 
     assert (out / "config.yaml").is_file() and (out / "encoder.safetensors").is_file()
+    views = Image.open(out / "views.png")  # 4 rows (images) of 2 global 32 px + 2 local 16 px views
+    assert views.size == (32 + 32 + 16 + 16 + 5 * 4, 4 * (32 + 4) + 4)
+    assert np.asarray(views)[4:36, 4:36].std() > 10  # the first global view of the first image, not blank
     assert (out / "checkpoints" / "step_0000002.pt").is_file()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     log = read_log(out)

@@ -250,3 +250,28 @@ def eval_transform(
     Use crop_pct=0.875 for ImageNet-style natural images (DINO's resize to 256 then crop 224).
     """
     return EvalTransform(size, mean, std, crop_pct)
+
+
+def views_picture(
+    crops: Sequence[torch.Tensor],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+    n_images: int = 4,
+) -> Image.Image:
+    """A picture of what the encoder is trained on: one row per image, its views left to right.
+
+    crops: the batch's views ([B, 3, s, s] each, normalised), as the training loop gets them. Each view keeps its
+    own size, top-aligned, with a 4 px white gap, so local crops show at their true scale against global ones.
+    """
+    gap, n = 4, min(n_images, len(crops[0]))
+    mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
+    sizes = [c.shape[-1] for c in crops]
+    canvas = Image.new("RGB", (sum(sizes) + gap * (len(crops) + 1), n * (max(sizes) + gap) + gap), "white")
+    for row in range(n):
+        x = gap
+        for view in crops:
+            pixels = (view[row].detach().float().cpu() * std_t + mean_t).clamp(0, 1).mul(255).round().byte()
+            canvas.paste(Image.fromarray(pixels.permute(1, 2, 0).numpy()), (x, gap + row * (max(sizes) + gap)))
+            x += view.shape[-1] + gap
+    return canvas
+

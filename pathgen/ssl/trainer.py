@@ -377,6 +377,10 @@ def train(
                     group["weight_decay"] = float(wd_sched[it])
 
             crops = crops_on_device(data[0], device, multicrop)
+            if step == start_step and is_main_process():  # a look at the augmentation, before any compute
+                from pathgen.data.augment import views_picture
+
+                views_picture(crops, mean, std).save(out_dir / "views.png")
             with autocast(device):
                 teacher_out = teacher.module(crops[:N_GLOBAL])
                 student_out = student_ddp(crops)
