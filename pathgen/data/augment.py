@@ -20,6 +20,16 @@ PRESETS = ("natural", "histo")
 
 # Gaussian blur with sigma ~ U(0.1, 2.0) pixels, as DINO's PIL GaussianBlur(radius=sigma).
 BLUR_SIGMA = (0.1, 2.0)
+# The colour recipe of each preset, shared by CropView and the batched BatchCropView: colour jitter
+# (brightness, contrast, saturation, hue) applied with probability JITTER_P, then grayscale with GRAYSCALE_P.
+COLOR_JITTER = {"natural": (0.4, 0.4, 0.2, 0.1), "histo": (0.15, 0.15, 0.0, 0.0)}
+JITTER_P = 0.8
+GRAYSCALE_P = {"natural": 0.2, "histo": 0.0}
+
+
+def check_preset(preset: str) -> None:
+    if preset not in PRESETS:
+        raise ValueError(f"unknown augmentation preset {preset!r}; expected one of {PRESETS}")
 
 
 def to_uint8_chw(img: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
@@ -125,13 +135,12 @@ class CropView(torch.nn.Module):
         std: Sequence[float] = IMAGENET_STD,
     ):
         super().__init__()
-        if preset not in PRESETS:
-            raise ValueError(f"unknown augmentation preset {preset!r}; expected one of {PRESETS}")
+        check_preset(preset)
         self.preset, self.blur_p, self.solarize_p = preset, blur_p, solarize_p
         self.crop = v2.RandomResizedCrop(size, scale=scale, interpolation=v2.InterpolationMode.BICUBIC, antialias=True)
-        natural = preset == "natural"
-        self.jitter = v2.ColorJitter(0.4, 0.4, 0.2, 0.1) if natural else v2.ColorJitter(0.15, 0.15)
-        self.stain = None if natural else HEDJitter()
+        self.jitter = v2.ColorJitter(*COLOR_JITTER[preset])
+        self.stain = HEDJitter() if preset == "histo" else None
+        self.grayscale_p = GRAYSCALE_P[preset]
         self.blur = GaussianBlur()
         self.mean, self.std = list(mean), list(std)
 
@@ -144,9 +153,9 @@ class CropView(torch.nn.Module):
         if _coin(0.5):
             x = x.flip(-1)
         x = x.float().div_(255)  # torchvision's colour ops would convert to float once per op otherwise
-        if _coin(0.8):
+        if _coin(JITTER_P):
             x = self.jitter(x if self.stain is None else self.stain(x))
-        if self.preset == "natural" and _coin(0.2):
+        if self.grayscale_p and _coin(self.grayscale_p):  # histo draws no coin here
             x = F.rgb_to_grayscale(x, num_output_channels=3)
         if _coin(self.blur_p):
             x = self.blur(x)
@@ -181,6 +190,8 @@ class MultiCropAugmentation:
     brightness/contrast (p=0.8), the same blur; no solarize, no grayscale.
     """
 
+    accepts_arrays = True  # PatchDataset hands over the stored array without a PIL round trip
+
     def __init__(
         self,
         global_size: int = 224,
@@ -195,8 +206,6 @@ class MultiCropAugmentation:
         self.preset, self.n_local = preset, n_local
         views = dino_views(CropView, global_size, local_size, global_scale, local_scale, preset, mean, std)
         self.global1, self.global2, self.local = views
-
-    accepts_arrays = True  # PatchDataset hands over the stored array without a PIL round trip
 
     def __call__(self, img: Image.Image | np.ndarray | torch.Tensor) -> list[torch.Tensor]:
         x = to_uint8_chw(img)

@@ -17,7 +17,17 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from pathgen.data.augment import BLUR_SIGMA, IMAGENET_MEAN, IMAGENET_STD, PRESETS, HEDJitter, dino_views
+from pathgen.data.augment import (
+    BLUR_SIGMA,
+    COLOR_JITTER,
+    GRAYSCALE_P,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    JITTER_P,
+    HEDJitter,
+    check_preset,
+    dino_views,
+)
 
 BLUR_KERNEL = 2 * round(3 * BLUR_SIGMA[1]) + 1
 
@@ -54,15 +64,12 @@ class BatchCropView(nn.Module):
         super().__init__()
         import kornia.augmentation as K
 
-        if preset not in PRESETS:
-            raise ValueError(f"unknown augmentation preset {preset!r}; expected one of {PRESETS}")
-        self.preset = preset
-        self.size = size
+        check_preset(preset)
+        self.preset, self.size = preset, size
         self.boxes = K.RandomResizedCrop((size, size), scale=scale)  # only draws the boxes, vectorised
-        natural = preset == "natural"
-        self.jitter = K.ColorJitter(0.4, 0.4, 0.2, 0.1) if natural else K.ColorJitter(0.15, 0.15)
-        self.stain = None if natural else HEDJitter()
-        self.grayscale = K.RandomGrayscale(p=0.2 if natural else 0.0)
+        self.jitter = K.ColorJitter(*COLOR_JITTER[preset])
+        self.stain = HEDJitter() if preset == "histo" else None
+        self.grayscale = K.RandomGrayscale(p=GRAYSCALE_P[preset])
         self.blur = K.RandomGaussianBlur(BLUR_KERNEL, BLUR_SIGMA, p=blur_p)
         self.solarize = K.RandomSolarize(thresholds=0.0, additions=0.0, p=solarize_p)  # fixed threshold 0.5
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
@@ -89,7 +96,7 @@ class BatchCropView(nn.Module):
             x = _where(_coins(n, 0.5), x.flip(-2), x)
         x = _where(_coins(n, 0.5), x.flip(-1), x)
         jittered = _apply(self.jitter, x if self.stain is None else self.stain(x))
-        x = _where(_coins(n, 0.8), jittered, x)
+        x = _where(_coins(n, JITTER_P), jittered, x)
         x = _apply(self.grayscale, x)
         x = _apply(self.blur, x)
         x = _apply(self.solarize, x)
