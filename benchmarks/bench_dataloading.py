@@ -34,7 +34,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from pathgen.data.augment import MultiCropAugmentation, ResizeCenterCrop
 from pathgen.data.datasets import build_dataset
 from pathgen.data.device_augment import DeviceMultiCrop
-from pathgen.device import get_device
+from pathgen.runtime.device import get_device
 
 
 def prepare(work: Path, n_slides: int, patch_size: int, mpp: float) -> dict[str, Path]:

@@ -20,7 +20,7 @@ import time
 import torch
 from torch import nn
 
-from pathgen.device import autocast, get_device
+from pathgen.runtime.device import autocast, get_device
 from pathgen.ssl.export import create_backbone
 from pathgen.ssl.loss import DINOLoss
 from pathgen.ssl.trainer import build_models, cancel_last_layer_gradients, clip_gradients, param_groups
@@ -28,7 +28,7 @@ from pathgen.ssl.trainer import build_models, cancel_last_layer_gradients, clip_
 
 class PathgenStep:
     def __init__(self, args, device):
-        from pathgen.config import SSLConfig
+        from pathgen.ssl.config import SSLConfig
 
         cfg = SSLConfig.model_validate({"model": {"name": args.model, "img_size": args.global_size,
                                                   "out_dim": args.out_dim, "drop_path_rate": 0.1}})

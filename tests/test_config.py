@@ -6,8 +6,9 @@ import pytest
 from typer.testing import CliRunner
 
 from pathgen.cli import app
-from pathgen.config import SSLConfig, load_config, save_config
+from pathgen.config import load_config, save_config
 from pathgen.errors import ConfigError
+from pathgen.ssl.config import SSLConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "ssl"
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pathgen.ssl.checkpoint import load_checkpoint
+from pathgen.runtime.checkpoint import load_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
 from test_ssl_train import make_toy_folder  # noqa: E402

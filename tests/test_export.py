@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from pathgen.errors import PathgenError
-from pathgen.ssl.checkpoint import load_checkpoint
+from pathgen.runtime.checkpoint import load_checkpoint
 from pathgen.ssl.export import create_backbone, export_from_checkpoint, load_encoder
 from pathgen.ssl.trainer import train
 

@@ -8,9 +8,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pathgen.config import SSLConfig, load_config
+from pathgen.config import load_config
 from pathgen.errors import ConfigError
-from pathgen.ssl.checkpoint import load_checkpoint
+from pathgen.runtime.checkpoint import load_checkpoint
+from pathgen.ssl.config import SSLConfig
 from pathgen.ssl.trainer import build_models, seed_everything, train
 
 

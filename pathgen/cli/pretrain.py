@@ -33,8 +33,9 @@ def ssl(
         typer.echo(f"encoder -> {export_from_checkpoint(export_only, out)}")
         return
 
-    from pathgen.config import SSLConfig, load_config
-    from pathgen.distributed import cleanup
+    from pathgen.config import load_config
+    from pathgen.runtime.distributed import cleanup
+    from pathgen.ssl.config import SSLConfig
     from pathgen.ssl.trainer import train
 
     overrides = list(overrides or [])

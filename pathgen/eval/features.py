@@ -6,8 +6,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from pathgen.device import autocast
 from pathgen.errors import PathgenError
+from pathgen.runtime.device import autocast
 
 
 @torch.no_grad()

@@ -33,9 +33,9 @@ def evaluate_encoder(
     """
     from pathgen import __version__
     from pathgen.data.datasets import build_dataset, dataset_classes, split_stratified
-    from pathgen.device import get_device
     from pathgen.eval.encoders import resolve_encoder
     from pathgen.eval.features import encode_splits
+    from pathgen.runtime.device import get_device
 
     if method not in METHODS:
         raise ValueError(f"unknown evaluation method {method!r}; expected one of {METHODS}")

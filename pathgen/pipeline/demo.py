@@ -88,8 +88,8 @@ def run_tiling(cfg: TileStep, labels: Path, out: Path) -> Path:
 
 
 def run_ssl(cfg: SSLStep, pipeline: Path, manifest: Path, out: Path) -> Path:
-    from pathgen.config import SSLConfig
-    from pathgen.distributed import cleanup
+    from pathgen.runtime.distributed import cleanup
+    from pathgen.ssl.config import SSLConfig
     from pathgen.ssl.export import WEIGHTS
     from pathgen.ssl.trainer import train
 

@@ -85,8 +85,8 @@ def load_encoder(path: str | Path) -> tuple[nn.Module, Callable]:
 @torch.no_grad()
 def export_from_checkpoint(checkpoint: str | Path, out_dir: str | Path | None = None) -> Path:
     """Re-export the teacher backbone of a training checkpoint (defaults next to its run directory)."""
-    from pathgen.config import SSLConfig
-    from pathgen.ssl.checkpoint import load_checkpoint
+    from pathgen.runtime.checkpoint import load_checkpoint
+    from pathgen.ssl.config import SSLConfig
 
     state = load_checkpoint(checkpoint)
     cfg = SSLConfig.model_validate(state["config"])

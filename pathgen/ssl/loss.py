@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pathgen.distributed import all_reduce_mean
+from pathgen.runtime.distributed import all_reduce_mean
 
 
 class DINOLoss(nn.Module):

@@ -23,9 +23,17 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from pathgen.config import SSLConfig, save_config
-from pathgen.device import autocast
-from pathgen.distributed import (
+from pathgen.config import save_config
+from pathgen.errors import CheckpointError, ConfigError
+from pathgen.runtime.checkpoint import (
+    load_checkpoint,
+    resolve_resume,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from pathgen.runtime.device import autocast
+from pathgen.runtime.distributed import (
     all_gather_object,
     all_reduce_mean,
     barrier,
@@ -36,14 +44,7 @@ from pathgen.distributed import (
     is_distributed,
     is_main_process,
 )
-from pathgen.errors import CheckpointError, ConfigError
-from pathgen.ssl.checkpoint import (
-    load_checkpoint,
-    resolve_resume,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from pathgen.ssl.config import SSLConfig
 from pathgen.ssl.export import create_backbone, export_encoder
 from pathgen.ssl.head import DINOHead, MultiCropModel
 from pathgen.ssl.loss import DINOLoss

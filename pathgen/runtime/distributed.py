@@ -10,7 +10,7 @@ import os
 import torch
 import torch.distributed as dist
 
-from pathgen.device import get_device
+from pathgen.runtime.device import get_device
 
 
 def is_distributed() -> bool:
