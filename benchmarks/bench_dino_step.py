@@ -42,8 +42,8 @@ class PathgenStep:
         with autocast(device):
             teacher_out = self.teacher.module(crops[:2])
             student_out = self.student(crops)
-            targets = self.loss.teacher_targets(teacher_out, 0.04, 2)
-            loss = self.loss.cross_entropy(targets, student_out, len(crops))
+        targets = self.loss.teacher_targets(teacher_out, 0.04, 2)  # the loss in fp32, as the trainer does
+        loss = self.loss.cross_entropy(targets, student_out, len(crops))
         self.loss.update_center(teacher_out)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()

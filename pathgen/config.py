@@ -11,7 +11,7 @@ setting that silently does nothing.
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -35,6 +35,8 @@ class RunConfig(Section):
     out_dir: str = "runs/ssl"
     seed: int = 0
     device: str | None = None  # None: CUDA (this rank's GPU) when present, else the CPU
+    # auto: bf16 autocast on GPUs that compute it natively, fp16 + grad scaler on older GPUs, fp32 on the CPU
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     save_every_steps: int | None = None  # also save every N steps (last.pt and step_<N>.pt)
     save_every_epochs: int = 1
     log_every: int = 10

@@ -53,6 +53,20 @@ def test_loss_matches_hand_computation_with_centering_and_sharpening():
     torch.testing.assert_close(loss_fn.center, expected_center)
 
 
+def test_loss_is_fp32_inside_a_bf16_autocast_region():
+    # the trainer's forward passes run under bf16 autocast on GPUs; the loss must not (bf16 resolves 0.06 near
+    # ln(65536)). CPU autocast lowers einsum to bf16 as CUDA's does, so this checks the same thing here.
+    torch.manual_seed(3)
+    batch, k, n_crops = 4, 4096, 4
+    t, s = torch.randn(2 * batch, k) * 3, torch.randn(n_crops * batch, k) * 3
+    reference = DINOLoss(k)(s.double(), t.double(), teacher_temp=0.04, n_student_crops=n_crops).item()
+    loss_fn = DINOLoss(k)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = loss_fn(s, t, teacher_temp=0.04, n_student_crops=n_crops)
+    assert got.dtype == torch.float32 and loss_fn.center.dtype == torch.float32
+    assert got.item() == pytest.approx(reference, abs=1e-4)
+
+
 def test_loss_pieces_compose_and_accept_external_targets():
     torch.manual_seed(1)
     k, batch = 5, 4

@@ -89,3 +89,15 @@ def test_cli_export_only(run, tmp_path):
     assert (tmp_path / "encoder.safetensors").is_file() and (tmp_path / "encoder.json").is_file()
     missing = CliRunner().invoke(app, ["pretrain", "ssl", "--export-only", str(tmp_path / "nope.pt")])
     assert missing.exit_code == 1 and missing.output.strip() == f"error: {tmp_path / 'nope.pt'}: checkpoint not found"
+
+
+def test_encoder_sha256_identifies_the_weights_file(run, tmp_path):
+    import hashlib
+
+    from pathgen.ssl.export import encoder_sha256
+
+    digest = encoder_sha256(run)
+    assert digest == hashlib.sha256((run / "encoder.safetensors").read_bytes()).hexdigest()
+    assert encoder_sha256(run / "encoder.safetensors") == digest
+    with pytest.raises(PathgenError, match="encoder weights not found"):
+        encoder_sha256(tmp_path)

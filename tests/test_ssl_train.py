@@ -11,8 +11,9 @@ from PIL import Image
 from pathgen.config import load_config
 from pathgen.errors import ConfigError
 from pathgen.runtime.checkpoint import load_checkpoint
+from pathgen.runtime.seeding import seed_everything
 from pathgen.ssl.config import SSLConfig
-from pathgen.ssl.trainer import build_models, seed_everything, train
+from pathgen.ssl.trainer import build_models, train
 
 
 def make_toy_folder(root: Path, n_per_class: int = 12, size: int = 40, seed: int = 0) -> Path:
@@ -90,18 +91,25 @@ def test_resume_continues_exactly(tmp_path, toy, augment_on, workers):
     torch.testing.assert_close(a["dino_loss"]["center"], b["dino_loss"]["center"], rtol=0, atol=1e-7)
 
 
-def test_first_epoch_freezes_last_layer_and_writes_artefacts(tmp_path, toy):
+def test_last_layer_is_frozen_in_the_first_epoch_then_moves(tmp_path, toy):
+    # 2 epochs of 3 steps, step_0000003.pt saved at the end of the frozen epoch 0
+    cfg = tiny_config(tmp_path, toy, "optim.freeze_last_layer=1", "run.save_every_steps=3")
+    out = train(cfg)
+    seed_everything(cfg.run.seed)
+    initial = build_models(cfg)[0].state_dict()  # the same seeded initialisation the run started from
+    after_epoch0 = load_checkpoint(out / "checkpoints" / "step_0000003.pt")["student"]
+    final = load_checkpoint(out / "checkpoints" / "last.pt")["student"]
+    prefix = "head.last_layer.parametrizations.weight.original1"
+    torch.testing.assert_close(after_epoch0[prefix], initial[prefix], rtol=0, atol=0)
+    assert not torch.equal(final[prefix], after_epoch0[prefix])  # epoch 1 trains it
+    moved = [k for k, v in initial.items() if not torch.equal(v, after_epoch0[k])]
+    assert any(k.startswith("backbone.") for k in moved) and any(k.startswith("head.mlp") for k in moved)
+
+
+def test_writes_artefacts_logs_and_knn(tmp_path, toy):
     cfg = tiny_config(tmp_path, toy, "optim.epochs=1", "eval.knn_train=[" + str(toy) + "]",
                       "eval.knn_test=[" + str(toy) + "]", "run.save_every_steps=2")
     out = train(cfg)
-    seed_everything(cfg.run.seed)
-    initial, _ = build_models(cfg)  # the same seeded initialisation the run started from
-    state = load_checkpoint(out / "checkpoints" / "last.pt")
-    prefix = "head.last_layer.parametrizations.weight.original1"
-    torch.testing.assert_close(state["student"][prefix], initial.state_dict()[prefix], rtol=0, atol=0)
-    moved = [k for k, v in initial.state_dict().items() if not torch.equal(v, state["student"][k])]
-    assert any(k.startswith("backbone.") for k in moved) and any(k.startswith("head.mlp") for k in moved)
-
     assert (out / "config.yaml").is_file() and (out / "encoder.safetensors").is_file()
     views = Image.open(out / "views.png")  # 4 rows (images) of 2 global 32 px + 2 local 16 px views
     assert views.size == (32 + 32 + 16 + 16 + 5 * 4, 4 * (32 + 4) + 4)
@@ -116,6 +124,26 @@ def test_first_epoch_freezes_last_layer_and_writes_artefacts(tmp_path, toy):
     steps = [r for r in log if "loss" in r]
     assert [r["step"] for r in steps] == [1, 2, 3] and steps[-1]["wd"] > steps[0]["wd"]
     assert steps[0]["lr"] == pytest.approx(cfg.optim.base_lr * 8 / 256)
+
+
+def test_resume_from_an_older_checkpoint_rewrites_the_log_without_duplicate_steps(tmp_path, toy):
+    # a run that logged 6 steps but whose newest usable checkpoint is step 4 (killed before its next save)
+    cfg = tiny_config(tmp_path, toy, "run.save_every_steps=4")
+    out = train(cfg)
+    resumed = train(cfg, resume=out / "checkpoints" / "step_0000004.pt")
+    steps = [r["step"] for r in read_log(resumed) if "loss" in r]
+    assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_a_step_that_is_a_save_step_and_an_epoch_end_writes_last_pt_once(tmp_path, toy, monkeypatch):
+    import pathgen.runtime.run as run_mod
+
+    written = []
+    real_save = run_mod.save_checkpoint
+    monkeypatch.setattr(run_mod, "save_checkpoint", lambda state, path: (written.append((state["step"], Path(
+        path).name)), real_save(state, path)))
+    train(tiny_config(tmp_path, toy, "run.save_every_steps=3"))  # steps 3 and 6 are both: epoch ends
+    assert written == [(3, "last.pt"), (3, "step_0000003.pt"), (6, "last.pt"), (6, "step_0000006.pt")]
 
 
 def test_refuses_to_overwrite_a_run(tmp_path, toy):

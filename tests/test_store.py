@@ -215,3 +215,16 @@ def test_fast_patch_reads_match_zarr(tmp_path, monkeypatch):
     shard0.write_bytes(bytes(data))
     with open_store(tmp_path / "s.zarr") as store, pytest.raises(StoreError, match="checksum"):
         store[3]
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".h5"])
+def test_content_id_is_stable_and_changes_with_what_tiling_decided(tmp_path, suffix):
+    _write(tmp_path / f"a{suffix}")
+    _write(tmp_path / f"b{suffix}")
+    _write(tmp_path / f"c{suffix}", n=4)  # another grid
+    ids = {}
+    for name in "abc":
+        with open_store(tmp_path / f"{name}{suffix}") as store:
+            ids[name] = store.content_id
+            assert store.content_id == ids[name] and len(ids[name]) == 64
+    assert ids["a"] == ids["b"] and ids["a"] != ids["c"]

@@ -1,13 +1,23 @@
 """One place that decides where tensors live and at what precision.
 
-CUDA with bf16 autocast when a GPU is present; the CPU in fp32 otherwise (bf16 on CPU is slow and
-changes numerics, so we never autocast there).
+    device = get_device()                    # this rank's GPU when there is one, else the CPU
+    precision = precision_for(device)        # bf16 / fp16 + grad scaler / fp32
+    with precision.autocast(): ...
+
+On CUDA we autocast to bf16 where the GPU computes it natively (Ampere and newer) and to fp16 with a gradient
+scaler on older GPUs (bf16 there is emulated and slow, and fp16 gradients underflow without scaling). On the CPU
+we stay in fp32: bf16 on CPU is slow and changes numerics.
 """
 
 import contextlib
 import os
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
+
+PrecisionMode = Literal["auto", "fp32", "bf16", "fp16"]
+_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def get_device(preferred: str | None = None) -> torch.device:
@@ -19,8 +29,45 @@ def get_device(preferred: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+@dataclass(frozen=True)
+class Precision:
+    """The autocast dtype of one device (None: fp32, no autocast) and whether gradients need a scaler."""
+
+    device_type: str
+    dtype: torch.dtype | None
+
+    @property
+    def name(self) -> str:
+        return {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[self.dtype]
+
+    @property
+    def needs_scaler(self) -> bool:
+        return self.dtype == torch.float16
+
+    def autocast(self):
+        """Autocast to `dtype` on this device; a no-op context in fp32."""
+        if self.dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.dtype)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """A GradScaler that is active for fp16 only (disabled, it passes losses and steps through unchanged)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.needs_scaler)
+
+
+def precision_for(device: torch.device | str, mode: PrecisionMode = "auto") -> Precision:
+    """`auto`: bf16 on CUDA GPUs that compute it natively, fp16 on older GPUs, fp32 on the CPU."""
+    device = torch.device(device)
+    if mode not in ("auto", *_DTYPES):
+        raise ValueError(f"unknown precision {mode!r}; expected auto, fp32, bf16 or fp16")
+    if mode == "auto":
+        if device.type != "cuda":
+            mode = "fp32"
+        else:
+            mode = "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+    return Precision(device.type, _DTYPES[mode])
+
+
 def autocast(device: torch.device, enabled: bool = True):
-    """bf16 autocast on CUDA; a no-op context on the CPU."""
-    if enabled and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    """The automatic precision of `device` (see precision_for) as a context; a no-op when not enabled."""
+    return precision_for(device).autocast() if enabled else contextlib.nullcontext()

@@ -58,6 +58,17 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum `tensor` over all processes, in place (a no-op in a single process).
+
+    Averages of uneven parts (a masked batch, ranks with different counts) must be sums and counts reduced
+    together, then divided: the mean of per-rank means weighs a rank's few items like another's many.
+    """
+    if is_distributed():
+        dist.all_reduce(tensor)
+    return tensor
+
+
 def all_gather_object(obj) -> list:
     """[obj of rank 0, obj of rank 1, ...] (a one-element list in a single process)."""
     if not is_distributed():

@@ -50,6 +50,25 @@ def export_encoder(
     return weights
 
 
+def encoder_sha256(path: str | Path) -> str:
+    """sha256 of an exported encoder's weights file (or of <folder>/encoder.safetensors): its identity.
+
+    Stages that depend on an encoder (its embeddings cached for diffusion, generated views, features) record this,
+    so that pairing their outputs with another encoder is an error, not a silent mismatch.
+    """
+    import hashlib
+
+    path = Path(path)
+    weights = path / WEIGHTS if path.is_dir() else path
+    if not weights.is_file():
+        raise EncoderError(weights, "encoder weights not found")
+    digest = hashlib.sha256()
+    with open(weights, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def create_backbone(name: str, img_size: int, kwargs: dict[str, Any], drop_path_rate: float = 0.0,
                     weights: str | Path | None = None) -> nn.Module:
     """The one place a timm ViT is built: headless, any input size; from `weights` (safetensors) if given."""

@@ -5,13 +5,28 @@
     loss.update_center(teacher_logits)                         # EMA of the teacher's batch mean
 
 `forward` is the three together. Logits come as [n_crops * B, K] tensors, crop-major, as MultiCropModel emits.
+Every term is computed in fp32 with autocast off, whatever context calls it: under bf16 autocast the einsum
+would run in bf16, which near ln(65536) ~ 11 resolves only 0.06.
 """
+
+import functools
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pathgen.runtime.distributed import all_reduce_mean
+from pathgen.runtime.distributed import all_reduce_sum
+
+
+def fp32(fn):
+    """Run `fn` with autocast off on every device type its tensors may live on (inputs are cast by `fn`)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with torch.autocast("cuda", enabled=False), torch.autocast("cpu", enabled=False):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 class DINOLoss(nn.Module):
@@ -22,11 +37,13 @@ class DINOLoss(nn.Module):
         self.register_buffer("center", torch.zeros(1, out_dim))  # a buffer, so it is saved with the state dict
 
     @torch.no_grad()
+    @fp32
     def teacher_targets(self, teacher_logits: torch.Tensor, teacher_temp: float, n_crops: int) -> list[torch.Tensor]:
         """Centre then sharpen the teacher's logits: softmax((t - c) / T_t), one [B, K] tensor per crop."""
         probs = F.softmax((teacher_logits.float() - self.center) / teacher_temp, dim=-1)
         return list(probs.chunk(n_crops))
 
+    @fp32
     def cross_entropy(
         self, targets: list[torch.Tensor], student_logits: torch.Tensor, n_crops: int, skip_same: bool = True
     ) -> torch.Tensor:
@@ -46,9 +63,17 @@ class DINOLoss(nn.Module):
         return pair_ce[keep].mean()
 
     @torch.no_grad()
+    @fp32
     def update_center(self, teacher_logits: torch.Tensor) -> None:
-        """EMA of the teacher's mean output over the whole (all-process) batch."""
-        batch_center = all_reduce_mean(teacher_logits.float().mean(dim=0, keepdim=True))
+        """EMA of the teacher's mean output over the whole (all-process) batch.
+
+        The batch mean is a sum and a count reduced over all processes, then divided: the mean of per-rank means
+        would weigh a rank with few rows (an uneven last batch, a masked update) like one with many.
+        """
+        logits = teacher_logits.float()
+        total = torch.cat([logits.sum(dim=0), logits.new_tensor([len(logits)])])
+        total = all_reduce_sum(total)
+        batch_center = (total[:-1] / total[-1]).unsqueeze(0)
         self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)
 
     def forward(

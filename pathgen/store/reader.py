@@ -148,6 +148,22 @@ class PatchStore:
         return h5py.File(self.path, "r")
 
     @property
+    def content_id(self) -> str:
+        """sha256 of the store's coords, tissue fractions and attributes: what a tiling run decided.
+
+        Later stages record it beside anything derived from the store (generated views, features), so that a store
+        re-tiled with other settings, or from another slide, is noticed rather than silently mixed up.
+        """
+        import hashlib
+        import json
+
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.coords, dtype="<i8").tobytes())
+        digest.update(np.ascontiguousarray(self.tissue_fraction, dtype="<f4").tobytes())
+        digest.update(json.dumps(self.attrs, sort_keys=True, default=str).encode())
+        return digest.hexdigest()
+
+    @property
     def patch_size(self) -> int:
         return int(self.attrs["patch_size"])
 
