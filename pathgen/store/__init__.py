@@ -1,5 +1,7 @@
-"""Patch stores: one Zarr v3 / HDF5 store per slide, the multi-store Dataset and the tiling manifest."""
+"""Patch stores: one Zarr v3 / HDF5 store per slide, the multi-store Dataset, the tiling manifest, and the
+generated-views store (generated.zarr) of Gen-SIS."""
 
+from pathgen.store.generated import GeneratedStore, GeneratedWriter, open_generated
 from pathgen.store.manifest import ManifestRow, find_stores, read_manifest
 from pathgen.store.reader import PatchStore, open_store
 from pathgen.store.writer import PatchStoreWriter
@@ -19,6 +21,9 @@ def __getattr__(name):
 
 
 __all__ = [
+    "GeneratedStore",
+    "GeneratedWriter",
+    "open_generated",
     "ManifestRow",
     "PatchDataset",
     "PatchStore",
