@@ -9,6 +9,7 @@ Every section forbids unknown keys, so a typo is an error that names the file an
 setting that silently does nothing.
 """
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -58,7 +59,7 @@ def _set_dotted(data: dict, key: str, value: Any, path: str | Path) -> None:
     node[parts[-1]] = value
 
 
-def _describe(err: ValidationError) -> str:
+def describe_error(err: ValidationError) -> str:
     """The first validation error as `key.path: problem`."""
     first = err.errors()[0]
     key = ".".join(str(part) for part in first["loc"]) or "<root>"
@@ -69,16 +70,32 @@ def _describe(err: ValidationError) -> str:
     return f"{key}: {first['msg'].lower()} (got {first.get('input')!r})"
 
 
+def find_file(path: str | Path, *search_dirs: str | Path) -> Path:
+    """A file named by a relative path: as given (the working directory), then in each of `search_dirs`, then in
+    $PATHGEN_HOME (the Docker image keeps configs/ and pipelines/ there). Returns the path as given when none exists.
+    """
+    path = Path(path)
+    if path.is_absolute() or path.exists():
+        return path
+    home = os.environ.get("PATHGEN_HOME")
+    for folder in [*search_dirs, *([home] if home else [])]:
+        candidate = Path(folder) / path
+        if candidate.exists():
+            return candidate
+    return path
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] = ()) -> T:
     """Read `path` (YAML; None for the defaults), apply `key.sub=value` overrides and validate as `cls`.
 
-    Override values are parsed as YAML, so `optim.base_lr=1e-3`, `data.sources=[a.zarr,b.zarr]` and
+    A relative `path` is looked up in the working directory, then in $PATHGEN_HOME (see find_file). Override
+    values are parsed as YAML, so `optim.base_lr=1e-3`, `data.sources=[a.zarr,b.zarr]` and
     `run.max_steps=null` all do what they look like. Any problem raises a one-line ConfigError.
     """
     data: dict = {}
     where = path if path is not None else "<defaults>"
     if path is not None:
-        path = Path(path)
+        path = find_file(path)
         if not path.is_file():
             raise ConfigError(path, "config file not found")
         try:
@@ -101,7 +118,7 @@ def load_config(cls: type[T], path: str | Path | None, overrides: Sequence[str] 
     try:
         return cls.model_validate(data)
     except ValidationError as err:
-        raise ConfigError(where, _describe(err)) from None
+        raise ConfigError(where, describe_error(err)) from None
 
 
 def save_config(cfg: BaseModel, path: str | Path) -> None:

@@ -9,13 +9,13 @@ from pathgen.cli.app import app
 
 @app.command()
 def demo(
-    out: Path = typer.Option(Path("demo_out"), "--out", "-o", help="Where the cohort, stores, encoder and results go."),
+    out: Path = typer.Option(None, "--out", "-o", help="Run folder (default: the pipeline's `out`, demo_out)."),
     pipeline: Path = typer.Option(None, "--pipeline", help="Pipeline YAML (default: pipelines/demo.yaml)."),
     overrides: list[str] = typer.Argument(None, help="Dotted overrides, e.g. cohort.n_slides=4 tile.workers=1."),
 ) -> None:
-    """Make a small synthetic slide cohort and run tile -> DINO SSL -> kNN evaluation on it, on CPU in minutes.
+    """Run pipelines/demo.yaml: a synthetic slide cohort through every stage, on CPU in minutes, then a summary.
 
-    Rerunning with the same --out reuses every finished stage.
+    Rerunning with the same --out reuses every finished step; an interrupted demo resumes.
     """
     from pathgen.pipeline.demo import run_demo
 

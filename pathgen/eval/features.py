@@ -4,10 +4,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
-from tqdm import tqdm
 
 from pathgen.errors import PathgenError
 from pathgen.runtime.device import autocast
+from pathgen.runtime.progress import progress_bar
 
 
 @torch.no_grad()
@@ -38,13 +38,16 @@ def extract_features(
     was_training = model.training
     model.eval().to(device)
     features, labels = [], []
+    bar = progress_bar(total=len(loader), desc="features", unit="batch", disable=not progress, leave=False)
     try:
-        for images, targets in tqdm(loader, desc="features", unit="batch", disable=not progress, leave=False):
+        for images, targets in loader:
             with autocast(device):
                 out = model(images.to(device, non_blocking=True))
             features.append(out.float().cpu())
             labels.append(torch.as_tensor(targets, dtype=torch.long))
+            bar.update()
     finally:
+        bar.close()
         model.train(was_training)
     if not features:
         raise PathgenError("no samples to extract features from (the dataset is empty)")
