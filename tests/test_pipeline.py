@@ -54,7 +54,8 @@ def test_runs_records_and_skips_unchanged_steps_then_reruns_what_changed(pipelin
     Pipeline(pipeline_file, out).run()  # nothing to do: nothing is touched
     assert (out / "tile" / "slide_000.zarr").stat().st_mtime_ns == store_mtime
     forced = _plan(Pipeline(pipeline_file, out), from_step="tile")
-    assert forced == {"cohort": ("skip", "before --from tile"), "tile": ("run", "--from")}
+    assert forced == {"cohort": ("skip", "before tile"), "tile": ("run", "--from")}
+    assert _plan(Pipeline(pipeline_file, out), only="tile")["tile"][0] == "skip"  # --only: just if needed
     assert _plan(Pipeline(pipeline_file, out), until_step="cohort")["tile"] == ("not run", "after --until cohort")
 
 
@@ -121,19 +122,20 @@ def test_training_steps_on_several_gpus_or_nodes_launch_under_torchrun(tmp_path,
     (tmp_path / "tiny.yaml").write_text("optim: {epochs: 1}\n")  # found beside the pipeline file
     pipe = Pipeline(path, tmp_path / "run")
     ssl = pipe.plan()[-1]
-    ssl.dir.mkdir(parents=True)
-    cmd = launch_command(ssl)
+    logs = tmp_path / "run" / "logs"
+    cmd = launch_command(ssl, logs)
     assert cmd[:6] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--standalone"]
-    assert cmd[6:] == ["-m", "pathgen", "pretrain", "ssl", "--config", str(ssl.dir / "pipeline_config.yaml"),
+    assert cmd[6:] == ["-m", "pathgen", "pretrain", "ssl", "--config", str(logs / "ssl.config.node0.yaml"),
                        "--resume", "auto"]
-    config = (ssl.dir / "pipeline_config.yaml").read_text()
+    config = (logs / "ssl.config.node0.yaml").read_text()
     assert "epochs: 1" in config and str(tmp_path / "run" / "tile" / "manifest.csv") in config
+    assert f"out_dir: {tmp_path / 'run' / 'ssl'}" in config
     ssl.spec.nodes = 2
     with pytest.raises(PipelineError, match="needs MASTER_ADDR"):
-        launch_command(ssl)
+        launch_command(ssl, logs)
     monkeypatch.setenv("MASTER_ADDR", "node01")
     monkeypatch.setenv("SLURM_NODEID", "1")
-    cmd = launch_command(ssl)
+    cmd = launch_command(ssl, logs)
     assert cmd[5:15] == ["--nnodes", "2", "--node_rank", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint",
                          "node01:29500", "-m", "pathgen"]
 
@@ -151,3 +153,47 @@ def test_step_log_keeps_what_the_terminal_finally_showed(tmp_path):
     log.close()
     assert (tmp_path / "s.log").read_text().splitlines() == ["start", "bar 999/999", "slide 1 49%", "slide 2 49%",
                                                               "done"]
+
+
+@pytest.mark.slow
+def test_a_two_process_training_step_runs_under_torchrun_on_cpu(tmp_path, monkeypatch):
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_ddp import TINY
+    from test_ssl_train import make_toy_folder
+
+    toy = make_toy_folder(tmp_path / "toy", n_per_class=16)
+    overrides = ", ".join(f'"{o}"' for o in [f"data.sources=[{toy}]", "data.batch_size=8", *TINY])
+    path = tmp_path / "p.yaml"
+    path.write_text(f"steps:\n  ssl:\n    uses: pretrain-ssl\n    overrides: [{overrides}]\n    gpus: 2\n")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    record = Pipeline(path, tmp_path / "run").run()
+    assert record["steps"]["ssl"]["status"] == "done"
+    log = (tmp_path / "run" / "logs" / "ssl.log").read_text()
+    assert "launch: " in log and "--nproc_per_node 2" in log and "2 process(es)" in log
+    assert (tmp_path / "run" / "ssl" / "encoder.safetensors").is_file()
+
+
+SLURM = Path(__file__).resolve().parents[1] / "pipelines" / "slurm"
+
+
+@pytest.mark.parametrize("script", sorted(SLURM.glob("*.sh")), ids=lambda p: p.name)
+def test_slurm_scripts_are_valid_bash(script):
+    import subprocess
+
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+
+
+def test_the_multinode_script_runs_only_its_step_on_each_node(tmp_path):
+    import os
+    import subprocess
+
+    path = tmp_path / "p.yaml"
+    path.write_text(PIPELINE + "  ssl:\n    uses: pretrain-ssl\n    overrides: ['data.sources=[${tile.manifest}]']\n")
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "SRUN": "",
+           "SLURM_NNODES": "2", "SLURM_GPUS_PER_NODE": "4", "SLURM_NODEID": "1", "MASTER_ADDR": "node01",
+           "PATHGEN_RUN_ARGS": "--plan", "COLUMNS": "200"}
+    result = subprocess.run(["bash", str(SLURM / "train_multinode.sh"), str(path), str(tmp_path / "run"), "ssl"],
+                            capture_output=True, text=True, env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") >= 4}
+    assert "never run" in rows["ssl"] and "NOT done" in rows["tile"]  # this run would refuse: tile is not done

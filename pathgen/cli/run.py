@@ -17,6 +17,8 @@ def run(
     plan: bool = typer.Option(False, "--plan", help="Print, per step, whether it would run or be skipped, and why."),
     from_step: str = typer.Option(None, "--from", help="Rerun from this step on (earlier steps must be done)."),
     until_step: str = typer.Option(None, "--until", help="Stop after this step."),
+    only: str = typer.Option(None, "--only", help="Run just this step if it needs to (resuming it if unfinished); "
+                             "earlier steps must be done. What a multi-node SLURM job runs on each node."),
 ) -> None:
     """Run a pipeline: tile -> pretrain ssl -> pretrain diffusion -> generate -> pretrain gensis -> features/MIL.
 
@@ -28,6 +30,6 @@ def run(
 
     pipe = Pipeline(pipeline, out, tuple(overrides or ()))
     if plan:
-        print_plan(pipe.plan(from_step, until_step))
+        print_plan(pipe.plan(from_step, until_step, only))
         return
-    pipe.run(from_step, until_step)
+    pipe.run(from_step, until_step, only)

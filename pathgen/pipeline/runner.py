@@ -101,7 +101,15 @@ class Pipeline:
             raise PipelineError(f"{self.record_path}: unreadable run record ({err}); move it away to start over") \
                 from None
 
+    @property
+    def is_leader(self) -> bool:
+        """Node 0 of a multi-node job (or a plain run) owns the run record and the step folders' clean-up;
+        the other nodes of an `srun pathgen run ...` only launch their share of a multi-node step."""
+        return node_rank() == 0
+
     def _save_record(self) -> None:
+        if not self.is_leader:
+            return
         from pathgen import __version__
         from pathgen.eval.report import write_json
 
@@ -110,8 +118,14 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ planning
 
-    def plan(self, from_step: str | None = None, until_step: str | None = None) -> list[Planned]:
+    def plan(self, from_step: str | None = None, until_step: str | None = None, only: str | None = None
+             ) -> list[Planned]:
+        """Per step: run or skip, and why. `from_step` reruns it and everything after (from scratch); `only`
+        runs just that step if it needs running (resuming an unfinished one), as multi-node jobs do."""
         names = list(self.spec.steps)
+        forced = from_step is not None
+        if only is not None:
+            from_step = until_step = only
         for option, step in (("--from", from_step), ("--until", until_step)):
             if step is not None and step not in names:
                 raise ConfigError(self.path, f"{option} {step}: no such step; steps are {', '.join(names)}")
@@ -128,9 +142,9 @@ class Pipeline:
                 step.action, step.reason = "not run", f"after --until {until_step}"
             elif i < start:
                 done = recorded.get("status") == "done"
-                step.action, step.reason = "skip", f"before --from {from_step}" + ("" if done else " (NOT done)")
+                step.action, step.reason = "skip", f"before {from_step}" + ("" if done else " (NOT done)")
             else:
-                self._decide(step, recorded, forced=from_step is not None)
+                self._decide(step, recorded, forced=forced)
             planned.append(step)
         return planned
 
@@ -185,12 +199,13 @@ class Pipeline:
 
     # ------------------------------------------------------------------------------------------ running
 
-    def run(self, from_step: str | None = None, until_step: str | None = None) -> dict:
+    def run(self, from_step: str | None = None, until_step: str | None = None, only: str | None = None) -> dict:
         """Run the plan; returns the run record. A failing step raises PipelineError (step, reason, log)."""
-        planned = self.plan(from_step, until_step)
+        planned = self.plan(from_step, until_step, only)
         for step in planned:
             if step.action == "skip" and "NOT done" in step.reason:
-                raise PipelineError(f"step {step.name} has not finished; run without --from first")
+                raise PipelineError(f"step {step.name} has not finished; run the steps before "
+                                    f"{from_step or only} first")
         budget = self.spec.budget_minutes
         t0 = time.perf_counter()
         to_run = [s for s in planned if s.action == "run"]
@@ -208,7 +223,7 @@ class Pipeline:
     def _run_step(self, step: Planned) -> None:
         from pathgen import __version__
 
-        if step.fresh and step.dir.exists():
+        if step.fresh and step.dir.exists() and self.is_leader:
             shutil.rmtree(step.dir)
         step.dir.mkdir(parents=True, exist_ok=True)
         log = self.run_dir / "logs" / f"{step.name}.log"
@@ -253,7 +268,7 @@ class Pipeline:
             return
         if not step.stage.cli:
             raise PipelineError(f"stage {step.spec.uses} cannot run on several GPUs or nodes")
-        cmd = launch_command(step)
+        cmd = launch_command(step, self.run_dir / "logs")
         print("launch: " + " ".join(cmd), flush=True)
         # a pipe, not the terminal: its progress comes as lines, copied here to the terminal and the step log
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
@@ -265,16 +280,23 @@ class Pipeline:
             raise PipelineError(f"torchrun exited with status {proc.returncode}: {last}")
 
 
-def launch_command(step: Planned) -> list[str]:
+def node_rank() -> int:
+    """This machine's rank in a multi-node job: NODE_RANK, or SLURM_NODEID under srun; 0 otherwise."""
+    return int(os.environ.get("NODE_RANK", os.environ.get("SLURM_NODEID", "0")) or 0)
+
+
+def launch_command(step: Planned, folder: Path) -> list[str]:
     """The torchrun command of a training step on `gpus` processes per node over `nodes` nodes.
 
-    The resolved config is written into the step folder, so every process reads the same settings. Across
-    nodes, the rendezvous endpoint comes from MASTER_ADDR / MASTER_PORT, as a SLURM script sets them, and this
-    node's rank from NODE_RANK or SLURM_NODEID (see pipelines/slurm/).
+    The resolved config is written to `folder` (one file per node, outside the step folder that node 0 may be
+    clearing), so every process reads the same settings. Across nodes, the rendezvous endpoint comes from
+    MASTER_ADDR / MASTER_PORT, as a SLURM script sets them, and this node's rank from NODE_RANK or SLURM_NODEID
+    (see pipelines/slurm/).
     """
     from pathgen.config import save_config
 
-    config = step.dir / "pipeline_config.yaml"
+    folder.mkdir(parents=True, exist_ok=True)
+    config = folder / f"{step.name}.config.node{node_rank()}.yaml"
     save_config(step.config, config)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(step.spec.gpus)]
     if step.spec.nodes > 1:

@@ -71,3 +71,24 @@ def precision_for(device: torch.device | str, mode: PrecisionMode = "auto") -> P
 def autocast(device: torch.device, enabled: bool = True):
     """The automatic precision of `device` (see precision_for) as a context; a no-op when not enabled."""
     return precision_for(device).autocast() if enabled else contextlib.nullcontext()
+
+
+def describe(device: torch.device | str | None = None, mode: PrecisionMode = "auto") -> str:
+    """One line saying where work will run and at what precision, so that a silent CPU fallback is visible."""
+    device = torch.device(device) if device is not None else get_device()
+    precision = precision_for(device, mode)
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"device {device} ({props.name}, {props.total_memory / 2**30:.0f} GiB), {precision.name}"
+    line = f"device cpu ({torch.get_num_threads()} threads), {precision.name}"
+    requested = os.environ.get("NVIDIA_VISIBLE_DEVICES", "")
+    if requested and requested not in ("void", "none"):  # the container was given a GPU that torch cannot use
+        line += (f"; WARNING: NVIDIA_VISIBLE_DEVICES={requested} but torch {torch.__version__} sees no usable GPU "
+                 "(is the driver older than this torch's CUDA build? rebuild with --build-arg TORCH_CUDA=cu126)")
+    return line
+
+
+if __name__ == "__main__":  # the Docker entrypoint prints this before every command
+    import sys
+
+    print(f"pathgen: {describe()}", file=sys.stderr)

@@ -39,6 +39,10 @@ class TrainingRun:
             raise ConfigError(self.out_dir, "already holds a training run; pass --resume auto to continue it or "
                               "another --out")
         self.config_dict = cfg.model_dump(mode="json")
+        if self.is_main:
+            from pathgen.runtime.device import describe
+
+            print(f"{describe(self.device, run.precision)}, {self.world} process(es)", flush=True)
         self.log = RunLog(self.out_dir, enabled=False)
         self._saved_step: int | None = None
 
