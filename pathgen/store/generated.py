@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pathgen.errors import StoreError
+from pathgen.store.writer import clean_attrs
 
 SCHEMA_VERSION = 1
 KIND_VIEW, KIND_INTERPOLATION = 0, 1
@@ -86,7 +87,7 @@ class GeneratedWriter:
         self.path, self.items, self.image_size = Path(path), items, int(image_size)
         self.chunk_items = int(chunk_items)
         self.n_chunks = -(-len(items) // self.chunk_items)
-        self.attrs = {**_plain(attrs), "image_size": self.image_size, "chunk_items": self.chunk_items,
+        self.attrs = {**clean_attrs(attrs), "image_size": self.image_size, "chunk_items": self.chunk_items,
                       "n_items": len(items), "schema_version": SCHEMA_VERSION}
         if self.path.exists():
             self._root = self._reopen()
@@ -156,22 +157,6 @@ class GeneratedWriter:
             raise GeneratedStoreError(self.path, f"{len(missing)} of {self.n_chunks} chunks are not written yet")
         self._root.attrs["complete"] = True
         return self.path
-
-
-def _plain(attrs: dict) -> dict:
-    """JSON-friendly attribute values (zarr stores JSON)."""
-    out = {}
-    for key, value in attrs.items():
-        if isinstance(value, np.generic):
-            value = value.item()
-        elif isinstance(value, Path):
-            value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
-        elif isinstance(value, list):
-            value = [str(v) if isinstance(v, Path) else v for v in value]
-        out[key] = value
-    return out
 
 
 def _read_items(root) -> ItemTable:

@@ -45,7 +45,7 @@ def remove_path(path: Path) -> None:
         path.unlink()
 
 
-def _clean_attrs(attrs: dict) -> dict:
+def clean_attrs(attrs: dict) -> dict:
     """Keep JSON/HDF5-friendly values only: HDF5 cannot store None, Zarr cannot store numpy scalars."""
     out = {}
     for key, value in attrs.items():
@@ -55,8 +55,8 @@ def _clean_attrs(attrs: dict) -> dict:
             value = value.item()
         elif isinstance(value, Path):
             value = str(value)
-        elif isinstance(value, tuple):
-            value = list(value)
+        elif isinstance(value, tuple | list):
+            value = [str(v) if isinstance(v, Path) else v for v in value]
         out[key] = value
     return out
 
@@ -97,7 +97,7 @@ class PatchStoreWriter:
         attrs.update(schema_version=SCHEMA_VERSION, format=self.format, complete=False)
         if classes is not None:
             attrs["classes"] = list(classes)
-        self.attrs = _clean_attrs(attrs)
+        self.attrs = clean_attrs(attrs)
         remove_path(self.tmp)
         if self.format == "zarr":
             self._create_zarr(coords, tissue_fraction, labels)
