@@ -33,3 +33,7 @@ class CheckpointError(FileError):
 
 class EncoderError(FileError):
     """An exported encoder's weights or metadata are missing or unreadable."""
+
+
+class ModelError(FileError):
+    """A trained model folder is missing, unreadable, or does not fit the inputs it is given."""

@@ -15,13 +15,14 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from pathgen.errors import ConfigError
-from pathgen.runtime.distributed import all_reduce_mean, barrier, distributed_sampler, is_distributed
+from pathgen.runtime.distributed import all_reduce_mean, barrier, is_distributed
+from pathgen.runtime.loader import ResumableLoader
 from pathgen.runtime.progress import progress_bar
 from pathgen.runtime.run import TrainingRun
-from pathgen.runtime.seeding import ItemSeededDataset, ResumableSampler, seed_everything
+from pathgen.runtime.seeding import ItemSeededDataset, seed_everything
 from pathgen.ssl.config import SSLConfig
 from pathgen.ssl.export import create_backbone, export_encoder
 from pathgen.ssl.head import DINOHead, MultiCropModel
@@ -156,13 +157,9 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
     if multicrop is None:  # augmenting in the workers: make each item's crops a function of (seed, epoch, index)
         dataset = ItemSeededDataset(dataset, cfg.run.seed)
     batch = cfg.data.batch_size
-    sampler = ResumableSampler(distributed_sampler(dataset, seed=cfg.run.seed), batch)
-    loader_rng = torch.Generator()  # worker seeds come from here, not the global RNG (keeps resume exact)
-    loader = DataLoader(
-        dataset, batch_size=batch, sampler=sampler, num_workers=cfg.data.num_workers, drop_last=True,
-        pin_memory=device.type == "cuda", generator=loader_rng, persistent_workers=False,
-    )
-    iters_per_epoch = len(sampler.inner) // batch
+    loader = ResumableLoader(dataset, batch, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                             pin_memory=device.type == "cuda")
+    iters_per_epoch = loader.iters_per_epoch
     if iters_per_epoch == 0:
         raise ConfigError("data.batch_size", f"{len(dataset)} images is less than one batch of {batch} x {world}")
     knn_sets = build_knn_sets(cfg) if run.is_main else None
@@ -207,12 +204,8 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
     start_step, t0, loss_value = step, time.perf_counter(), float("nan")
     while step < last_step:
         epoch = step // iters_per_epoch
-        sampler.set_epoch(epoch, skip_batches=step % iters_per_epoch)
-        if isinstance(dataset, ItemSeededDataset):
-            dataset.set_epoch(epoch)
-        loader_rng.manual_seed(cfg.run.seed * 100_003 + epoch * world + run.rank)
         student.train()
-        for data in loader:
+        for data in loader.epoch(epoch, skip_batches=step % iters_per_epoch):
             it = step  # global step index into the schedules
             for i, group in enumerate(optimizer.param_groups):
                 group["lr"] = float(lr_sched[it])
