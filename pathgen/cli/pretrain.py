@@ -1,4 +1,4 @@
-"""`pathgen pretrain ssl`: DINO self-supervised pretraining from a YAML config."""
+"""`pathgen pretrain ssl` (DINO) and `pathgen pretrain diffusion` (Gen-SIS stage 2), each from a YAML config."""
 
 from pathlib import Path
 
@@ -44,5 +44,37 @@ def ssl(
     cfg = load_config(SSLConfig, config, overrides)
     try:
         train(cfg, resume=resume)
+    finally:
+        cleanup()
+
+
+@pretrain_app.command("diffusion")
+def diffusion(
+    config: Path = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/diffusion/tiny_cpu.yaml."),
+    overrides: list[str] = typer.Argument(
+        None, help="Dotted overrides KEY=VALUE, e.g. data.sources=[patches/manifest.csv] data.encoder=runs/dino."
+    ),
+    out: Path = typer.Option(None, "--out", "-o", help="Output directory (same as run.out_dir=...)."),
+    resume: str = typer.Option(
+        None, "--resume", help="Checkpoint to continue from, or 'auto' for <out>/checkpoints/last.pt if present."
+    ),
+) -> None:
+    """Gen-SIS stage 2: a diffusion model of patches conditioned on the frozen SSL encoder's embeddings.
+
+    Writes <out>/config.yaml, cache/ (embeddings, latents), checkpoints/, tensorboard/, log.jsonl, samples/ and
+    model/ (a diffusers folder: EmbeddingConditionedPipeline.from_pretrained). Multi-GPU / CPU-gloo: launch with
+    `torchrun --nproc_per_node N -m pathgen pretrain diffusion ...`.
+    """
+    from pathgen.config import load_config
+    from pathgen.diffusion.config import DiffusionConfig
+    from pathgen.diffusion.train import train_diffusion
+    from pathgen.runtime.distributed import cleanup
+
+    overrides = list(overrides or [])
+    if out is not None:
+        overrides.append(f"run.out_dir={out}")
+    cfg = load_config(DiffusionConfig, config, overrides)
+    try:
+        train_diffusion(cfg, resume=resume)
     finally:
         cleanup()

@@ -72,7 +72,9 @@ class NoiseConfig(Section):
     beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2"] = "squaredcos_cap_v2"
     beta_start: float = 0.0001
     beta_end: float = 0.02
-    prediction_type: Literal["epsilon", "v_prediction"] = "epsilon"
+    # v: the UNet predicts sqrt(a) eps - sqrt(1 - a) x0. Its x0 estimate stays bounded at high noise, where eps's is
+    # amplified by 1 / sqrt(a): a briefly trained eps model samples noise where a v model already gets colours right
+    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
 
 
 class OptimConfig(Section):

@@ -24,7 +24,8 @@ def image_rows(rows: Sequence[Sequence[np.ndarray]], captions: Sequence[Sequence
         y = GAP + r * (size + GAP + band)
         for c, img in enumerate(row):
             x = GAP + c * (size + GAP)
-            if captions and c < len(captions[r]) and captions[r][c]:
-                draw.text((x, y), captions[r][c], fill="black")
+            text = captions[r][c] if captions and c < len(captions[r]) else ""
+            if text and draw.textlength(text) <= size + GAP:  # a caption wider than its image is left out
+                draw.text((x, y), text, fill="black")
             canvas.paste(Image.fromarray(np.asarray(img, dtype=np.uint8)), (x, y + band))
     return canvas
