@@ -126,7 +126,7 @@ def test_reload_gives_identical_samples_for_a_fixed_seed(tmp_path, toy):
 
     stores, encoder = toy
     out = train_diffusion(tiny_config(tmp_path / "run", stores, encoder, "run.max_steps=2",
-                                      "model.conditioning=timestep", "model.null=zeros",
+                                      "model.conditioning=timestep", "model.null_condition=zeros",
                                       "model.down_block_types=[AttnDownBlock2D]",
                                       "model.up_block_types=[AttnUpBlock2D]", "model.mid_block_type=UNetMidBlock2D",
                                       "noise.prediction_type=epsilon"))

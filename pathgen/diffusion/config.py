@@ -33,7 +33,8 @@ class ModelConfig(Section):
     # timestep embedding (RCDM; diffusers' class_embed_type="projection")
     conditioning: Literal["cross_attention", "timestep"] = "cross_attention"
     projection_dim: int = 256  # width of the learned linear projection of the L2-normalised embedding
-    null: Literal["zeros", "learned"] = "learned"  # the unconditional token of classifier-free guidance
+    # the unconditional condition of classifier-free guidance: a zero vector, or a learned null token
+    null_condition: Literal["zeros", "learned"] = "learned"
     cond_drop_prob: float = 0.1  # training: replace the condition by the null token with this probability
     # the diffusers UNet2DConditionModel, as data. Cross-attention blocks need conditioning: cross_attention.
     block_out_channels: list[int] = [128, 256, 256, 512]

@@ -34,7 +34,7 @@ def build_unet(cfg: ModelConfig, in_channels: int, sample_size: int) -> UNet2DCo
 
 
 def build_projection(cfg: ModelConfig, embed_dim: int) -> EmbeddingProjection:
-    return EmbeddingProjection(embed_dim, cfg.projection_dim, mode=cfg.conditioning, null=cfg.null)
+    return EmbeddingProjection(embed_dim, cfg.projection_dim, mode=cfg.conditioning, null=cfg.null_condition)
 
 
 def build_noise_scheduler(cfg: NoiseConfig, clip_sample: bool) -> DDPMScheduler:

@@ -36,6 +36,10 @@ class EmbeddingConditionedPipeline(DiffusionPipeline):
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, **kwargs) -> "EmbeddingConditionedPipeline":
+        from diffusers.utils import is_accelerate_available
+
+        # without accelerate, diffusers warns at every load that it falls back to this: ask for it
+        kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())
         pipe = super().from_pretrained(pretrained_model_name_or_path, **kwargs)
         meta = Path(pretrained_model_name_or_path) / METADATA
         pipe.metadata = json.loads(meta.read_text()) if meta.is_file() else {}
@@ -124,9 +128,14 @@ def load_pipeline(model_dir: str | Path, device: torch.device | str = "cpu") -> 
                          "`pathgen pretrain diffusion`)")
     if not (model_dir / METADATA).is_file():
         raise ModelError(model_dir, f"no {METADATA}: not written by pathgen, so its encoder is unknown")
+    from diffusers.utils import logging
+
+    logging.disable_progress_bar()  # "Loading pipeline components": three tiny folders, not worth a bar
     try:
         pipe = EmbeddingConditionedPipeline.from_pretrained(model_dir)
     except (OSError, ValueError, KeyError, RuntimeError) as err:
         raise ModelError(model_dir, f"cannot load ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+    finally:
+        logging.enable_progress_bar()
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)

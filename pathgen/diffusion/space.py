@@ -19,12 +19,13 @@ import torch.nn.functional as F
 def load_vae(name: str, kind: str = "kl", subfolder: str | None = None):
     """A frozen AutoencoderKL ("kl") or VQModel ("vq") from a local folder or a hub id (HF_HUB_OFFLINE=1 works)."""
     from diffusers import AutoencoderKL, VQModel
+    from diffusers.utils import is_accelerate_available
 
     from pathgen.errors import ConfigError
 
     cls = {"kl": AutoencoderKL, "vq": VQModel}[kind]
     try:
-        vae = cls.from_pretrained(name, subfolder=subfolder)
+        vae = cls.from_pretrained(name, subfolder=subfolder, low_cpu_mem_usage=is_accelerate_available())
     except (OSError, ValueError) as err:
         where = Path(name) / subfolder if subfolder else name
         raise ConfigError(where, f"cannot load the {cls.__name__} ({str(err).splitlines()[0]})") from None

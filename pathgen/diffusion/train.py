@@ -46,6 +46,36 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def training_targets(target: torch.Tensor, space_name: str, patch_size: int, flips: bool) -> torch.Tensor:
+    """A loaded batch as the x0 the UNet learns: pixels in [-1, 1] (patched), or latents; each dihedrally flipped.
+
+    Pixels are flipped before they are patched (a flip must move pixels, not the channels they were folded
+    into); latents are flipped as they are, a cheap stand-in for the latents of the flipped patch.
+    """
+    x0 = target.float().div_(127.5).sub_(1.0) if space_name == "pixel" else target
+    if flips:
+        x0 = dihedral(x0, torch.randint(0, 8, (len(x0),), device=x0.device))
+    return space.encode(x0, None, patch_size) if space_name == "pixel" else x0
+
+
+def diffusion_loss(model: nn.Module, noise_scheduler, x0: torch.Tensor, embeddings: torch.Tensor,
+                   cond_drop_prob: float, precision) -> torch.Tensor:
+    """DDPM's loss at a random timestep: MSE between the UNet's prediction and eps (or v), in fp32.
+
+    Each row's embedding is replaced by the null condition with probability cond_drop_prob, which teaches the
+    same UNet the unconditional model classifier-free guidance needs.
+    """
+    noise = torch.randn_like(x0)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
+    drop = torch.rand(len(x0), device=x0.device) < cond_drop_prob
+    noisy = noise_scheduler.add_noise(x0, noise, t)
+    eps = noise_scheduler.config.prediction_type == "epsilon"
+    goal = noise if eps else noise_scheduler.get_velocity(x0, noise, t)
+    with precision.autocast():
+        pred = model(noisy, t, embeddings, drop)
+    return F.mse_loss(pred.float(), goal.float())  # outside autocast: bf16 would round the small late losses
+
+
 def store_mpp(stores: list[Path]) -> float | None:
     """The stores' common target mpp (None when they do not record one or disagree)."""
     from pathgen.store import open_store
@@ -216,21 +246,9 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | Path | None = None) -> P
         epoch = step // iters_per_epoch
         model.train()
         for target, embeddings in loader.epoch(epoch, skip_batches=step % iters_per_epoch):
-            x0 = target.to(device, non_blocking=True)
-            if pixel:
-                x0 = x0.float().div_(127.5).sub_(1.0)  # uint8 -> [-1, 1]
-            if d.flips:  # flip the image before it is patched: the flip must move pixels, not channels
-                x0 = dihedral(x0, torch.randint(0, 8, (len(x0),), device=device))
-            x0 = space.encode(x0, None, m.patch_size) if pixel else x0
-            noise = torch.randn_like(x0)
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), device=device)
-            drop = torch.rand(len(x0), device=device) < m.cond_drop_prob
-            noisy = noise_scheduler.add_noise(x0, noise, t)
-            eps = cfg.noise.prediction_type == "epsilon"
-            goal = noise if eps else noise_scheduler.get_velocity(x0, noise, t)
-            with precision.autocast():
-                pred = model(noisy, t, embeddings.to(device, non_blocking=True), drop)
-            loss = F.mse_loss(pred.float(), goal.float())  # in fp32, outside autocast
+            x0 = training_targets(target.to(device, non_blocking=True), m.space, m.patch_size, d.flips)
+            loss = diffusion_loss(model, noise_scheduler, x0, embeddings.to(device, non_blocking=True),
+                                  m.cond_drop_prob, precision)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {step}; stopping (lower optim.lr?)")
