@@ -217,3 +217,29 @@ def test_conditioning_matters_views_are_retrieved_to_their_own_class(tmp_path, t
     assert (retrieved_class(real[shifted]) == label[shifted]).mean() >= 0.6
     again = retrieved_class(real)
     assert (again == retrieved_class(real)).all()  # deterministic
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks_under_torchrun_train_and_save_one_model(tmp_path, toy):
+    # rank 0 builds the embedding cache while rank 1 waits; both train; only rank 0 logs and saves the model
+    import os
+    import subprocess
+
+    stores, encoder = toy
+    out = tmp_path / "ddp"
+    cfg = tiny_config(out, stores, encoder)
+    overrides = [f"data.sources=[{','.join(map(str, stores))}]", f"data.encoder={encoder}", "data.image_size=16",
+                 "data.held_out=0", "data.batch_size=4", "data.num_workers=0", "noise.num_train_timesteps=100",
+                 "run.max_steps=2", "run.log_every=1", "run.device=cpu", "sample.every_steps=0",
+                 "sample.steps=2", "sample.per_embedding=1"]
+    overrides += [f"model.{k}={v}" for k, v in cfg.model.model_dump(include={
+        "patch_size", "block_out_channels", "down_block_types", "up_block_types", "layers_per_block",
+        "attention_head_dim", "norm_num_groups", "projection_dim"}).items()]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "pathgen",
+           "pretrain", "diffusion", "--out", str(out), *overrides]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert [r["step"] for r in read_log(out)] == [1, 2]
+    state = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert state["step"] == 2 and len(state["rng"]) == 2 and state["iters_per_epoch"] == 4  # 32 / (2 x 4)
+    assert (out / "model" / "model_index.json").is_file()

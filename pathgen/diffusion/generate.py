@@ -131,6 +131,7 @@ def generate(
 ) -> Path:
     """Generate into <out>/generated.zarr (+ grid.png, fidelity.json); returns <out>. See the module docstring.
 
+    fidelity_samples: views and interpolations re-encoded for fidelity.json (0: no fidelity check).
     fail_after_chunks (tests): raise after writing that many chunks, as a killed run would stop.
     """
     from pathgen import __version__
@@ -193,12 +194,13 @@ def generate(
     writer.close()
 
     write_grid(out, make, items, views)
-    from pathgen.diffusion.fidelity import describe, fidelity
+    if fidelity_samples:
+        from pathgen.diffusion.fidelity import describe, fidelity
 
-    report = fidelity(out / "generated.zarr", frozen, n_views=fidelity_samples, n_interpolations=fidelity_samples,
-                      seed=seed, device=dev)
-    (out / "fidelity.json").write_text(json.dumps(report, indent=2))
-    print(describe(report))
+        report = fidelity(out / "generated.zarr", frozen, n_views=fidelity_samples,
+                          n_interpolations=fidelity_samples, seed=seed, device=dev)
+        (out / "fidelity.json").write_text(json.dumps(report, indent=2))
+        print(describe(report))
     patches.close()
     return out
 
