@@ -7,6 +7,22 @@ import typer
 from pathgen.cli.app import pretrain_app
 
 
+def _train(train, schema, config: Path | None, overrides: list[str] | None, out: Path | None,
+           resume: str | None) -> None:
+    """Load `schema` from the YAML + overrides (--out is run.out_dir) and run `train`, leaving torchrun cleanly."""
+    from pathgen.config import load_config
+    from pathgen.runtime.distributed import cleanup
+
+    overrides = list(overrides or [])
+    if out is not None:
+        overrides.append(f"run.out_dir={out}")
+    cfg = load_config(schema, config, overrides)
+    try:
+        train(cfg, resume=resume)
+    finally:
+        cleanup()
+
+
 @pretrain_app.command("ssl")
 def ssl(
     config: Path = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/ssl/tiny_cpu.yaml."),
@@ -33,19 +49,10 @@ def ssl(
         typer.echo(f"encoder -> {export_from_checkpoint(export_only, out)}")
         return
 
-    from pathgen.config import load_config
-    from pathgen.runtime.distributed import cleanup
     from pathgen.ssl.config import SSLConfig
     from pathgen.ssl.trainer import train
 
-    overrides = list(overrides or [])
-    if out is not None:
-        overrides.append(f"run.out_dir={out}")
-    cfg = load_config(SSLConfig, config, overrides)
-    try:
-        train(cfg, resume=resume)
-    finally:
-        cleanup()
+    _train(train, SSLConfig, config, overrides, out, resume)
 
 
 @pretrain_app.command("diffusion")
@@ -65,16 +72,7 @@ def diffusion(
     model/ (a diffusers folder: EmbeddingConditionedPipeline.from_pretrained). Multi-GPU / CPU-gloo: launch with
     `torchrun --nproc_per_node N -m pathgen pretrain diffusion ...`.
     """
-    from pathgen.config import load_config
     from pathgen.diffusion.config import DiffusionConfig
     from pathgen.diffusion.train import train_diffusion
-    from pathgen.runtime.distributed import cleanup
 
-    overrides = list(overrides or [])
-    if out is not None:
-        overrides.append(f"run.out_dir={out}")
-    cfg = load_config(DiffusionConfig, config, overrides)
-    try:
-        train_diffusion(cfg, resume=resume)
-    finally:
-        cleanup()
+    _train(train_diffusion, DiffusionConfig, config, overrides, out, resume)

@@ -11,7 +11,6 @@ lives in pathgen.runtime; this file holds only what is the diffusion model's.
 import copy
 import math
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -213,17 +212,9 @@ def train_diffusion(cfg: DiffusionConfig, resume: str | Path | None = None) -> P
     step = 0
     state = run.load()
     if state is not None:
-        run.load_state(denoiser, state, "model")
-        run.load_state(optimizer, state, "optimizer")
-        run.load_state(lr_schedule, state, "lr_schedule")
-        run.load_state(ema, state, "ema")
+        step = run.restore(state, {"model": denoiser, "optimizer": optimizer, "lr_schedule": lr_schedule,
+                                   "ema": ema, "scaler": scaler}, iters_per_epoch)
         ema.to(device=device, dtype=torch.float32)
-        scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        if state["iters_per_epoch"] != iters_per_epoch:
-            warnings.warn(f"{run.resume_path}: saved with {state['iters_per_epoch']} steps per epoch, now "
-                          f"{iters_per_epoch} (other data, batch or world size): the resume is not exact", stacklevel=2)
-        run.restore_rng(state)
     run.start(step)
 
     def checkpoint(epoch: int, numbered: bool = False) -> None:

@@ -2,7 +2,7 @@
 
     run = TrainingRun(cfg, resume)           # device + precision, torchrun's process group, the output folder
     state = run.load()                       # the checkpoint to resume from, or None on a fresh start
-    ... load the models from `state`, then run.restore_rng(state) ...
+    step = run.restore(state, {"model": model, "optimizer": opt}, iters_per_epoch) if state else 0
     run.start(step)                          # config.yaml, RunLog (TensorBoard + log.jsonl) from `step` on
     run.save({"model": ..., ...}, step, epoch)   # checkpoints/last.pt (+ step_N.pt), every rank's RNG streams
     run.log.scalars(step, {...}, prefix="train/")
@@ -59,6 +59,25 @@ class TrainingRun:
         except (KeyError, RuntimeError, ValueError) as err:
             raise CheckpointError(self.resume_path, f"{key}: does not match the configured model "
                                   f"({type(err).__name__})") from None
+
+    def restore(self, state: dict[str, Any], modules: dict[str, Any], iters_per_epoch: int,
+                optional: tuple[str, ...] = ()) -> int:
+        """Resume: load each module's state_dict from state[key], continue the RNG streams; returns the step.
+
+        Keys in `optional` may be missing (checkpoints from older versions). A checkpoint saved with another
+        epoch length (other data, batch or world size) still loads, with a warning: its resume is not exact.
+        """
+        import warnings
+
+        for key, module in modules.items():
+            if key in state or key not in optional:
+                self.load_state(module, state, key)
+        if state["iters_per_epoch"] != iters_per_epoch:
+            warnings.warn(f"{self.resume_path}: saved with {state['iters_per_epoch']} steps per epoch, now "
+                          f"{iters_per_epoch} (other data, batch or world size): the resume is not exact",
+                          stacklevel=3)
+        self.restore_rng(state)
+        return int(state["step"])
 
     def restore_rng(self, state: dict[str, Any]) -> None:
         """Each rank continues its own random streams; with another world size, reseed from the step instead."""

@@ -9,7 +9,6 @@ pathgen.runtime; this file holds only what is DINO's.
 
 import math
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -178,17 +177,8 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
     step = 0
     state = run.load()
     if state is not None:
-        run.load_state(student, state, "student")
-        run.load_state(teacher.module, state, "teacher")
-        run.load_state(optimizer, state, "optimizer")
-        run.load_state(dino_loss, state, "dino_loss")
-        if "scaler" in state:
-            scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        if state["iters_per_epoch"] != iters_per_epoch:
-            warnings.warn(f"{run.resume_path}: saved with {state['iters_per_epoch']} steps per epoch, now "
-                          f"{iters_per_epoch} (other data, batch or world size): the resume is not exact", stacklevel=2)
-        run.restore_rng(state)
+        step = run.restore(state, {"student": student, "teacher": teacher.module, "optimizer": optimizer,
+                                   "dino_loss": dino_loss, "scaler": scaler}, iters_per_epoch, optional=("scaler",))
     run.start(step)
 
     def checkpoint(epoch: int, numbered: bool = False) -> None:
