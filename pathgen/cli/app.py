@@ -27,7 +27,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-pretrain_app = typer.Typer(help="Pretrain encoders: DINO SSL (more Gen-SIS stages to come).", no_args_is_help=True)
+pretrain_app = typer.Typer(help="Pretrain encoders: DINO (ssl) and Gen-DINO (gensis).", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate frozen encoders on labelled patches or image folders.", no_args_is_help=True)
 app.add_typer(pretrain_app, name="pretrain")
 app.add_typer(eval_app, name="eval")

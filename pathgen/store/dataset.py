@@ -73,10 +73,18 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.patch_ids)
 
+    def array(self, i: int) -> np.ndarray:
+        """Item i's stored uint8 HxWx3 patch, untransformed."""
+        return self.read_patch(int(self.store_ids[i]), int(self.patch_ids[i]))
+
+    def read_patch(self, store: int, patch: int) -> np.ndarray:
+        """Patch `patch` of store `store` (an index into `paths`), whether or not min_tissue kept it as an item."""
+        return self._store(store)[patch]
+
     def __getitem__(self, i: int) -> tuple[Any, int]:
         from PIL import Image
 
-        patch = self._store(int(self.store_ids[i]))[int(self.patch_ids[i])]
+        patch = self.array(i)
         if getattr(self.transform, "accepts_arrays", False):
             return self.transform(patch), int(self.targets[i])
         img = Image.fromarray(patch)
