@@ -1,4 +1,4 @@
-"""`pathgen eval knn|linear`: frozen-encoder evaluation on labelled image folders or patch stores."""
+"""`pathgen eval knn|linear|compare`: frozen-encoder evaluation on labelled image folders or patch stores."""
 
 from pathlib import Path
 from typing import Annotated
@@ -93,3 +93,38 @@ def linear(
     """
     _evaluate("Linear probe", "linear", encoder, train, test, out, C=c, img_size=img_size, batch_size=batch_size,
               workers=workers, test_fraction=test_fraction, seed=seed, device=device)
+
+
+@eval_app.command("compare")
+def compare(
+    encoders: Annotated[list[str], typer.Argument(
+        show_default=False, help="Encoders to compare, as --encoder of `eval knn` takes them (exported encoders, "
+        "random:<path>, timm:<name>).")],
+    train: Train,
+    test: Test = None,
+    k: Annotated[int, typer.Option("--k", help="Neighbours of the kNN classifier (DINO's 20).")] = 20,
+    img_size: ImgSize = None,
+    batch_size: BatchSize = 64,
+    workers: Workers = 0,
+    test_fraction: TestFraction = 0.3,
+    seed: Seed = 0,
+    device: Device = None,
+    out: Annotated[Path, typer.Option(
+        "--out", "-o", help="Write the table to OUT.json (with every run's full results) and OUT.csv.")] = Path(
+        "compare"),
+) -> None:
+    """kNN and linear-probe accuracy of several frozen encoders on the same data, as one table.
+
+    The same data, split and seed for every encoder: Gen-SIS's Table 1 comparison on your own data.
+
+    Example: pathgen eval compare runs/ssl runs/gensis random:runs/ssl --train patches/ --img-size 64 --out cmp
+    """
+    from rich.console import Console
+
+    from pathgen.eval.compare import compare_encoders, comparison_table, write_table
+
+    table = compare_encoders(encoders, train, test, k=k, img_size=img_size, batch_size=batch_size, workers=workers,
+                             test_fraction=test_fraction, seed=seed, device=device)
+    Console().print(comparison_table(table))
+    json_path, csv_path = write_table(table, out)
+    typer.echo(f"wrote {json_path} and {csv_path}")
