@@ -26,7 +26,7 @@ Items are dicts, which `collate` turns into the loaded batch that pathgen.ssl.ba
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from pathgen.data.augment import MultiCropAugmentation
 from pathgen.store.dataset import PatchDataset
@@ -158,18 +158,20 @@ class GenSISDataset(Dataset):
         return item
 
 
-def _stack(tensors: list[torch.Tensor], like: torch.Tensor) -> torch.Tensor:
-    return torch.stack(tensors) if tensors else like.new_empty((0, *like.shape[1:]))
+def _stack(tensors: list, like: torch.Tensor) -> torch.Tensor:
+    # default_collate stacks straight into shared memory in a DataLoader worker (torch.stack would make the
+    # queue copy every batch there once more)
+    return default_collate(tensors) if tensors else like.new_empty((0, *like.shape[1:]))
 
 
 def collate(items: list[dict]) -> dict:
     """GenSISDataset items -> the loaded batch: each role stacked; views and interpolations only where present."""
     out: dict = {}
     if "crops" in items[0]:
-        out["crops"] = [torch.stack(crops) for crops in zip(*(it["crops"] for it in items), strict=True)]
+        out["crops"] = default_collate([it["crops"] for it in items])  # [global1, global2, local...], each [B, ...]
         like = out["crops"][0]
     else:
-        out["images"] = like = torch.stack([it["image"] for it in items])
+        out["images"] = like = default_collate([it["image"] for it in items])
         rows = [b for b, it in enumerate(items) if it["view"] is not None]
         out["view_rows"] = torch.tensor(rows, dtype=torch.long)
         out["views"] = _stack([items[b]["view"] for b in rows], like)

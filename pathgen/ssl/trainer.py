@@ -171,6 +171,11 @@ def compute_loss(batch: dict, student: nn.Module, teacher: nn.Module, dino_loss:
     return terms, targets
 
 
+def total_loss(terms: dict[str, torch.Tensor], lambda_dis: float) -> torch.Tensor:
+    """L = L_DINO + lambda_dis * L_dis (Gen-SIS), or L_DINO alone."""
+    return terms["dino"] + lambda_dis * terms["dis"] if "dis" in terms else terms["dino"]
+
+
 def _disentanglement(batch, student_interp, teacher_global, teacher_partner, dino_loss, teacher_temp):
     """L_dis, the mean over every rank's interpolations: each rank's mean weighted by its share of them, since
     DDP averages the ranks' gradients (a plain per-rank mean would weigh a rank's 3 interpolations like 30)."""
@@ -313,7 +318,7 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
                 rows_picture(roles.picture_rows(batch), mean, std).save(run.out_dir / "views.png")
             terms, targets = compute_loss(batch, student_ddp, teacher.module, dino_loss, temp_sched[it], lambda_dis,
                                           precision)
-            loss = terms["dino"] + lambda_dis * terms["dis"] if "dis" in terms else terms["dino"]
+            loss = total_loss(terms, lambda_dis)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {it}; stopping (lower optim.base_lr?)")
