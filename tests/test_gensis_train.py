@@ -37,9 +37,9 @@ def _weights(out: Path) -> dict:
 
 def test_with_p_gen_and_lambda_0_it_is_plain_dino_step_for_step_and_weight_for_weight(tmp_path, data):
     stores, _ = data
-    plain = train(tiny_config(tmp_path / "plain", stores, "data.num_workers=2"))
+    plain = train(tiny_config(tmp_path / "plain", stores))
     # no generated store is needed (nor opened, nor any random number drawn for it)
-    off = train(tiny_config(tmp_path / "off", stores, "data.num_workers=2", "gensis.p_gen=0", "gensis.lambda_dis=0"))
+    off = train(tiny_config(tmp_path / "off", stores, "gensis.p_gen=0", "gensis.lambda_dis=0"))
     assert read_log(off) == read_log(plain)  # every logged value of every step, exactly
     a, b = _weights(plain), _weights(off)
     for part in ("student", "teacher", "dino_loss"):

@@ -238,7 +238,7 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
     # ---- data ----
     dataset, mean, std, multicrop, collate = build_data(cfg)
     gensis = cfg.gensis if cfg.gensis is not None and cfg.gensis.active else None
-    lambda_dis = gensis.lambda_dis if gensis is not None else 0.0
+    lambda_dis = gensis.lambda_dis if gensis is not None and gensis.uses_interpolations else 0.0
     name = "pretrain gensis" if cfg.gensis is not None else "pretrain ssl"
     if gensis is not None and run.is_main:
         s = dataset.dataset.index.summary
