@@ -109,6 +109,15 @@ def ssl_config(path: Path | None, overrides: list[str], out: Path) -> BaseModel:
     return load_config(SSLConfig, path, [*overrides, f"run.out_dir={out}"])
 
 
+def gensis_config(path: Path | None, overrides: list[str], out: Path) -> BaseModel:
+    from pathgen.errors import ConfigError
+
+    cfg = ssl_config(path, overrides, out)
+    if cfg.gensis is None:
+        raise ConfigError(path, "a pretrain-gensis step needs a config with a gensis: section (configs/gensis/)")
+    return cfg
+
+
 def run_ssl(ctx: StepContext) -> None:
     from pathgen.runtime.distributed import cleanup
     from pathgen.ssl.trainer import train
@@ -145,11 +154,39 @@ def run_knn(ctx: StepContext) -> None:
     write_json(ctx.dir / "knn.json", results)
 
 
+class CompareParams(Section):
+    encoders: dict[str, str]  # display name -> encoder spec (an export, random:<export> or timm:<name>)
+    train: list[str]
+    test: list[str] = []
+    test_fraction: float = 0.3
+    seed: int = 0
+    k: int = 20
+
+
+def run_compare(ctx: StepContext) -> None:
+    from rich.console import Console
+
+    from pathgen.eval.compare import compare_encoders, comparison_table, write_table
+
+    p = ctx.params
+    table = compare_encoders(list(p.encoders.values()), p.train, p.test or None, k=p.k, test_fraction=p.test_fraction,
+                             seed=p.seed)
+    names = {spec: name for name, spec in p.encoders.items()}
+    for row in table["rows"]:
+        row["name"] = names[row["encoder"]]
+    Console().print(comparison_table(table))
+    write_table(table, ctx.dir / "compare")
+
+
 STAGES: dict[str, Stage] = {
     "demo-cohort": Stage(CohortParams, {"labels": "labels.csv"}, run_cohort),
     "demo-patches": Stage(PatchesParams, {"patches": "patches"}, run_patches),
     "tile": Stage(TileParams, {"manifest": "manifest.csv", "dir": "."}, run_tile, inputs=("slides",)),
     "pretrain-ssl": Stage(NoParams, {"encoder": "encoder.safetensors", "dir": "."}, run_ssl, config=ssl_config,
                           cli=("pretrain", "ssl")),
+    "pretrain-gensis": Stage(NoParams, {"encoder": "encoder.safetensors", "dir": "."}, run_ssl, config=gensis_config,
+                             cli=("pretrain", "gensis")),
     "eval-knn": Stage(KnnParams, {"results": "knn.json"}, run_knn, inputs=("train", "test")),
+    "eval-compare": Stage(CompareParams, {"results": "compare.json", "table": "compare.csv"}, run_compare,
+                          inputs=("train", "test")),
 }
