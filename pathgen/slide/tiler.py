@@ -228,12 +228,20 @@ def _magnification(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
+def level0_magnification(slide) -> int:
+    """The nominal objective of level 0, a whole number: the slide's objective power, unless its mpp was overridden
+    (then 10 / mpp, 0.25 um/px being the usual 40x), and 10 / mpp where the slide records no power."""
+    if slide.objective_power is not None and slide.mpp_source != "override":
+        return max(1, round(slide.objective_power))
+    return max(1, round(10.0 / slide.mpp))
+
+
 def store_attrs(job: SlideJob, slide, plan, params: TileParams) -> dict:
-    """Provenance + the CLAM/TRIDENT attribute superset for one slide's store."""
+    """Root attributes of one slide's store: provenance and pathgen's description of the patches."""
     from pathgen import __version__
 
     stat = job.path.stat()
-    level0_mag = slide.objective_power or 10.0 / slide.mpp  # 0.25 um/px is the usual 40x
+    level0_mag = level0_magnification(slide)
     downsample = float(slide.level_downsamples[plan.level])
     return {
         "name": job.name,
@@ -250,9 +258,9 @@ def store_attrs(job: SlideJob, slide, plan, params: TileParams) -> dict:
         "patch_size_level0": int(plan.patch_size_level0),
         "level0_width": int(slide.dimensions[0]),
         "level0_height": int(slide.dimensions[1]),
-        "level0_magnification": _magnification(level0_mag),
+        "level0_magnification": level0_mag,
         "target_magnification": _magnification(level0_mag * slide.mpp / plan.target_mpp),
-        "overlap": 0,  # TRIDENT's key; pathgen grids never overlap
+        "overlap": 0,
         "patch_level": int(plan.level),
         "read_size": int(plan.read_size),
         "downsample": [downsample, downsample],
@@ -260,6 +268,29 @@ def store_attrs(job: SlideJob, slide, plan, params: TileParams) -> dict:
         "downsampled_level_dim": [int(v) for v in slide.level_dimensions[plan.level]],
         "tissue_threshold": float(params.tissue_threshold),
         "pathgen_version": __version__,
+    }
+
+
+def reader_attrs(slide, plan) -> dict:
+    """The `coords` attributes CLAM and TRIDENT read, describing the same level-0 square for both.
+
+    CLAM reads `read_region(coord, patch_level, (patch_size,) * 2)`: there `patch_size` is the side read at
+    `patch_level`, not the stored side, and resizing to `target_patch_size` (CLAM's --target_patch_size) gives
+    the stored patch. TRIDENT reads `patch_size` pixels at `target_magnification` over
+    `patch_size * level0_magnification / target_magnification` level-0 pixels, so `target_magnification` here
+    is the magnification of the pixels read at `patch_level`; it equals the stored patches' magnification whenever
+    the target resolution is a pyramid level (read size = patch size). `custom_downsample` stays 1: TRIDENT's
+    legacy reader multiplies the read area by it, while CLAM takes it from its command line, never from the file.
+    """
+    level0_mag = level0_magnification(slide)
+    return {
+        "patch_size": int(plan.read_size),
+        "patch_level": int(plan.level),
+        "custom_downsample": 1,
+        "target_patch_size": int(plan.patch_size),
+        "patch_size_level0": int(plan.patch_size_level0),
+        "level0_magnification": level0_mag,
+        "target_magnification": _magnification(level0_mag * plan.read_size / plan.patch_size_level0),
     }
 
 
@@ -338,7 +369,14 @@ def _plan_slide(job: SlideJob, out_dir: Path, params: TileParams, overwrite: boo
         render_qc(thumb, mask, plan, thumb_ds, out_dir / "qc" / f"{job.name}.png")
         attrs = store_attrs(job, slide, plan, params)
         run.writer = PatchStoreWriter(
-            store_path, plan.coords, plan.tissue_fraction, plan.patch_size, attrs, params.fmt, params.coords_only
+            store_path,
+            plan.coords,
+            plan.tissue_fraction,
+            plan.patch_size,
+            attrs,
+            params.fmt,
+            params.coords_only,
+            coords_attrs=reader_attrs(slide, plan),
         )
         run.plan = plan
         run.row.store = store_path.name

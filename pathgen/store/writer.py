@@ -5,7 +5,8 @@ Layout (both formats):
     images           uint8   [N, S, S, 3]  one patch per chunk, lossless compression (absent with coords_only)
     tissue_fraction  float32 [N]
     labels           int64   [N]           optional patch labels, class names in attrs["classes"]
-Attributes sit on the root and, for CLAM/TRIDENT readers, on `coords` as well.
+Attributes sit on the root (pathgen's own: `patch_size` is the stored side) and on `coords`, where CLAM and TRIDENT
+read them; `coords_attrs` override the root's there (CLAM's `patch_size` is the side read at `patch_level`).
 
 The store is written under `<name>.tmp-<pid>` and renamed into place by `close()` after the `complete`
 attribute is set, so a killed run never leaves anything that `open_store` accepts.
@@ -81,6 +82,7 @@ class PatchStoreWriter:
         coords_only: bool = False,
         labels: np.ndarray | None = None,
         classes: list[str] | None = None,
+        coords_attrs: dict | None = None,
     ):
         self.path = Path(path)
         self.format = fmt or ("h5" if self.path.suffix == ".h5" else "zarr")
@@ -98,6 +100,7 @@ class PatchStoreWriter:
         if classes is not None:
             attrs["classes"] = list(classes)
         self.attrs = clean_attrs(attrs)
+        self.coords_attrs = clean_attrs({**attrs, **(coords_attrs or {})})
         remove_path(self.tmp)
         if self.format == "zarr":
             self._create_zarr(coords, tissue_fraction, labels)
@@ -110,7 +113,7 @@ class PatchStoreWriter:
 
         s = self.patch_size
         root = zarr.open_group(self.tmp, mode="w", zarr_format=3, attributes=self.attrs)
-        root.create_array("coords", data=coords, attributes=self.attrs)
+        root.create_array("coords", data=coords, attributes=self.coords_attrs)
         root.create_array("tissue_fraction", data=tissue_fraction)
         if labels is not None:
             root.create_array("labels", data=np.asarray(labels, dtype=np.int64))
@@ -133,7 +136,7 @@ class PatchStoreWriter:
         s = self.patch_size
         f = h5py.File(self.tmp, "w")
         f.attrs.update(self.attrs)
-        f.create_dataset("coords", data=coords).attrs.update(self.attrs)
+        f.create_dataset("coords", data=coords).attrs.update(self.coords_attrs)
         f.create_dataset("tissue_fraction", data=tissue_fraction)
         if labels is not None:
             f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
