@@ -26,7 +26,9 @@ def test_info_slide_mpp_override_and_plain_image(tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(png)
     result = runner.invoke(app, ["info", str(png), "--slide-mpp", "0.5"])
     assert result.exit_code == 0, result.output
-    assert "image/png" in result.stdout and "0.5 (override)" in result.stdout and "30 x 20" in result.stdout
+    assert "image/png" in result.stdout and "0.5 (fallback)" in result.stdout and "30 x 20" in result.stdout
+    result = runner.invoke(app, ["info", str(png), "--mpp", "0.3", "--slide-mpp", "0.5"])
+    assert result.exit_code == 0 and "0.3 (override)" in result.stdout
 
 
 def test_info_bad_slides_fail_one_line_each_and_others_still_print(demo_slide, tmp_path):

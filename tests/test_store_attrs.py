@@ -52,7 +52,7 @@ def test_trident_reads_the_stored_area(demo_slide, tmp_path, mpp, level, read_si
         assert float(l0).is_integer()
         src = round(attrs["patch_size"] * l0 / target_mag)  # WSIPatcher.patch_size_src
         assert src == attrs["patch_size_level0"] == round(32 * mpp / 0.25)
-        # TRIDENT's legacy (CLAM / Fishing-Rod) reader: the area is patch_size at mag / (downsample * custom_downsample).
+        # TRIDENT's legacy (CLAM / Fishing-Rod) reader: patch_size at mag / (downsample * custom_downsample).
         legacy_mag = int(l0 / (osr.level_downsamples[attrs["patch_level"]] * attrs["custom_downsample"]))
         assert round(attrs["patch_size"] * l0 / legacy_mag) == src
         for i in range(0, len(coords), max(1, len(coords) // 8)):

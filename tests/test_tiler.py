@@ -189,3 +189,14 @@ def test_missing_input_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="format"):
         tile_cohort([tmp_path], tmp_path / "out", fmt="tiff")
     assert os.listdir(tmp_path) in ([], ["out"])
+
+
+def test_slide_mpp_is_a_fallback_and_the_csv_column_an_override(demo_slides, tmp_path):
+    """A mixed cohort: --slide-mpp must not rescale slides whose metadata has an mpp; the CSV column does."""
+    (tmp_path / "list.csv").write_text(f"slide,mpp\n{demo_slides[0]},\n{demo_slides[1]},0.3\n")
+    rows = _rows(tile_cohort([tmp_path / "list.csv"], tmp_path / "out", slide_mpp=0.5, coords_only=True, **TILE))
+    assert {r.status for r in rows.values()} == {"ok"}
+    with open_store(tmp_path / "out" / f"{demo_slides[0].stem}.zarr") as store:
+        assert (store.attrs["mpp_level0"], store.attrs["mpp_source"]) == (0.25, "metadata")
+    with open_store(tmp_path / "out" / f"{demo_slides[1].stem}.zarr") as store:
+        assert (store.attrs["mpp_level0"], store.attrs["mpp_source"]) == (0.3, "override")

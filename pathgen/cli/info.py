@@ -28,14 +28,16 @@ def _describe(slide) -> dict[str, str]:
 def info(
     slides: list[Path] = typer.Argument(..., help="Slide or image files to describe.", show_default=False),
     slide_mpp: float | None = typer.Option(
-        None, "--slide-mpp", help="Level-0 microns per pixel to use instead of the slide's metadata."
+        None, "--slide-mpp", help="Level-0 microns per pixel for slides that record neither an mpp nor a power."
     ),
+    mpp: float | None = typer.Option(None, "--mpp", help="Level-0 microns per pixel overriding what slides record."),
     reader: str = typer.Option("openslide", "--reader", help="Slide reader: openslide or tiatoolbox (if installed)."),
 ) -> None:
     """Print each slide's format, dimensions, pyramid levels (with downsamples), mpp with its source and
     objective power.
 
-    The mpp source is 'override' (--slide-mpp), 'metadata' or 'objective-power' (10 / power). A slide that
+    The mpp source is 'override' (--mpp), 'metadata', 'objective-power' (10 / power) or 'fallback' (--slide-mpp,
+    used as in `pathgen tile`: only where the slide records neither). A slide that
     cannot be opened gets a one-line error; the others are still shown, and the exit status is 1.
     """
     from rich.console import Console
@@ -48,7 +50,7 @@ def info(
     failed = []
     for path in slides:
         try:
-            with open_slide(path, reader=reader, mpp=slide_mpp) as slide:
+            with open_slide(path, reader=reader, mpp=mpp, fallback_mpp=slide_mpp) as slide:
                 d = _describe(slide)
         except SlideError as err:
             failed.append(str(err))

@@ -29,7 +29,10 @@ def tile(
     coords_only: bool = typer.Option(False, "--coords-only", help="Store coordinates and tissue fractions, no pixels."),
     reader: str = typer.Option("openslide", "--reader", help="Slide reader: openslide or tiatoolbox (if installed)."),
     slide_mpp: float | None = typer.Option(
-        None, "--slide-mpp", help="Level-0 mpp for slides whose metadata lacks it (a CSV 'mpp' column wins)."
+        None,
+        "--slide-mpp",
+        help="Level-0 mpp for slides that record neither an mpp nor an objective power (a CSV 'mpp' column "
+        "overrides what a slide records).",
     ),
     overwrite: bool = typer.Option(False, "--overwrite", help="Re-tile slides that already have a finished store."),
 ) -> None:

@@ -3,8 +3,9 @@
 OpenSlide (through openslide-python + openslide-bin) reads SVS, NDPI, MRXS, SCN, generic tiled TIFF and
 DICOM; plain PNG/JPEG images open as one-level slides via its PIL-backed ImageSlide. TIAToolbox's
 WSIReader is an optional backend. Microns per pixel come from, in order: the caller's override, the
-slide metadata, the objective power (10 / power), else a SlideError: a silently wrong mpp is the most
-common way tiling goes wrong, so we never guess.
+slide's recorded mpp, its objective power (10 / power), the caller's fallback, else a SlideError: a silently
+wrong mpp is the most common way tiling goes wrong, so we never guess. A recorded mpp outside 0.05-20 um/px is
+a default (TIFF's 72 dpi is 352.8 um/px), not a measurement, and counts as missing.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ NO_MPP = "no microns-per-pixel in metadata or objective power; pass --slide-mpp 
 # Vendor formats OpenSlide reads that are never plain images; .tif/.tiff may be either, so they may fall back.
 WSI_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
 _EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
+MPP_RANGE = (0.05, 20.0)  # um/px a slide scanner can produce; outside it a recorded value is a default or junk
+_POWER_RANGE = (1.0, 200.0)
 _LEVEL_TOLERANCE = 0.01  # a level 1% coarser than asked still counts (pyramid downsamples are rarely exact)
 
 
@@ -150,10 +153,23 @@ def _composite_on_white(region: np.ndarray) -> np.ndarray:
     return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
-class Slide:
-    """One open whole-slide image. Coordinates are level-0 (x, y); arrays are uint8 RGB, H x W x 3."""
+def _in_range(value: float | None, lo_hi: tuple[float, float]) -> float | None:
+    return value if value is not None and lo_hi[0] <= value <= lo_hi[1] else None
 
-    def __init__(self, path: str | Path, reader: str = "openslide", mpp: float | None = None):
+
+class Slide:
+    """One open whole-slide image. Coordinates are level-0 (x, y); arrays are uint8 RGB, H x W x 3.
+
+    `mpp` overrides whatever the slide records; `fallback_mpp` is used only when it records no usable resolution.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        reader: str = "openslide",
+        mpp: float | None = None,
+        fallback_mpp: float | None = None,
+    ):
         self.path = Path(path)
         self.reader = reader
         if reader not in _BACKENDS:
@@ -166,19 +182,26 @@ class Slide:
         self.level_dimensions: list[tuple[int, int]] = b.level_dimensions
         self.level_downsamples: list[float] = b.level_downsamples
         self.dimensions: tuple[int, int] = self.level_dimensions[0]
-        self.objective_power: float | None = b.objective_power
-        if mpp is not None:
-            if _positive_float(mpp) is None:
+        self.objective_power: float | None = _in_range(b.objective_power, _POWER_RANGE)
+        metadata_mpp = _in_range(b.metadata_mpp, MPP_RANGE)
+        for name, value in (("mpp override", mpp), ("fallback mpp", fallback_mpp)):
+            if value is not None and _positive_float(value) is None:
                 self.close()
-                raise SlideError(self.path, f"mpp override must be a positive number, got {mpp!r}")
+                raise SlideError(self.path, f"{name} must be a positive number, got {value!r}")
+        if mpp is not None:
             self.mpp, self.mpp_source = float(mpp), "override"
-        elif b.metadata_mpp is not None:
-            self.mpp, self.mpp_source = b.metadata_mpp, "metadata"
-        elif b.objective_power is not None:
-            self.mpp, self.mpp_source = 10.0 / b.objective_power, "objective-power"  # 40x ~ 0.25 um/px
+        elif metadata_mpp is not None:
+            self.mpp, self.mpp_source = metadata_mpp, "metadata"
+        elif self.objective_power is not None:
+            self.mpp, self.mpp_source = 10.0 / self.objective_power, "objective-power"  # 40x ~ 0.25 um/px
+        elif fallback_mpp is not None:
+            self.mpp, self.mpp_source = float(fallback_mpp), "fallback"
         else:
             self.close()
-            raise SlideError(self.path, NO_MPP)
+            why = ""
+            if b.metadata_mpp is not None:
+                why = f" (it records {b.metadata_mpp:.4g} um/px, a default such as 72 dpi, not a measurement)"
+            raise SlideError(self.path, NO_MPP + why)
 
     @property
     def level_count(self) -> int:
@@ -242,9 +265,12 @@ class Slide:
         return f"Slide({str(self.path)!r}, {self.format}, {w}x{h}, {self.level_count} levels, mpp={self.mpp:.4g})"
 
 
-def open_slide(path: str | Path, reader: str = "openslide", mpp: float | None = None) -> Slide:
+def open_slide(
+    path: str | Path, reader: str = "openslide", mpp: float | None = None, fallback_mpp: float | None = None
+) -> Slide:
     """Open a slide (or a plain image) for reading; SlideError with a one-line reason if that is impossible.
 
-    `mpp` overrides the level-0 microns per pixel from the metadata (e.g. from the CLI or a CSV column).
+    `mpp` overrides the level-0 microns per pixel the slide records (e.g. a CSV `mpp` column); `fallback_mpp`
+    (--slide-mpp) is used only for a slide that records neither an mpp nor an objective power.
     """
-    return Slide(path, reader=reader, mpp=mpp)
+    return Slide(path, reader=reader, mpp=mpp, fallback_mpp=fallback_mpp)

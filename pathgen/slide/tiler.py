@@ -39,7 +39,8 @@ THUMBNAIL_SIDE = 1024
 @dataclass(frozen=True)
 class SlideJob:
     path: Path
-    mpp: float | None = None  # per-slide override (CSV `mpp` column or --slide-mpp)
+    mpp: float | None = None  # per-slide override (CSV `mpp` column)
+    fallback_mpp: float | None = None  # --slide-mpp: only for slides that record no resolution
 
     @property
     def name(self) -> str:
@@ -59,7 +60,7 @@ class TileParams:
 # ---------------------------------------------------------------------------------------------- slide lists
 
 
-def _read_slide_csv(path: Path, default_mpp: float | None) -> list[SlideJob]:
+def _read_slide_csv(path: Path, fallback_mpp: float | None) -> list[SlideJob]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         rows = list(csv.DictReader(f))
     columns = set(rows[0]) if rows else set()
@@ -71,7 +72,7 @@ def _read_slide_csv(path: Path, default_mpp: float | None) -> list[SlideJob]:
         slide = Path(row[key].strip())
         if not slide.is_absolute():  # relative to the CSV, so a cohort folder can move as a whole
             slide = path.parent / slide
-        mpp = default_mpp
+        mpp = None
         if (row.get("mpp") or "").strip():
             try:
                 mpp = float(row["mpp"])
@@ -79,7 +80,7 @@ def _read_slide_csv(path: Path, default_mpp: float | None) -> list[SlideJob]:
                 raise ConfigError(path, f"line {line}: mpp {row['mpp']!r} is not a number") from None
             if mpp <= 0:
                 raise ConfigError(path, f"line {line}: mpp must be positive, got {mpp}")
-        jobs.append(SlideJob(slide, mpp))
+        jobs.append(SlideJob(slide, mpp, fallback_mpp))
     return jobs
 
 
@@ -104,7 +105,7 @@ def list_slides(
     sources: Iterable[str | Path], slide_mpp: float | None = None, out_dir: str | Path | None = None
 ) -> list[SlideJob]:
     """Slides from files, folders (recursive, skipping `out_dir`) and CSV lists (column slide or path, optional
-    mpp), sorted by path."""
+    mpp overriding the slide's own), sorted by path. `slide_mpp` is every slide's fallback mpp."""
     skip = Path(out_dir).resolve() if out_dir is not None else None
     jobs: dict[str, SlideJob] = {}
     for source in sources:
@@ -112,11 +113,11 @@ def list_slides(
         if not path.exists():
             raise ConfigError(path, "no such slide, folder or slide list")
         if path.is_dir():
-            found = [SlideJob(p, slide_mpp) for p in _slides_in(path, skip)]
+            found = [SlideJob(p, None, slide_mpp) for p in _slides_in(path, skip)]
         elif path.suffix.lower() == ".csv":
             found = _read_slide_csv(path, slide_mpp)
         else:
-            found = [SlideJob(path, slide_mpp)]
+            found = [SlideJob(path, None, slide_mpp)]
         for job in found:
             jobs.setdefault(str(job.path), job)
     ordered = sorted(jobs.values(), key=lambda j: str(j.path))
@@ -145,12 +146,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 _OPEN_SLIDES: OrderedDict = OrderedDict()  # per process: a few open slide handles, reused across chunks
 
 
-def _cached_slide(path: str, reader: str, mpp: float | None):
+def _cached_slide(path: str, reader: str, mpp: float | None, fallback_mpp: float | None = None):
     from pathgen.slide import open_slide
 
-    key = (path, reader, mpp)
+    key = (path, reader, mpp, fallback_mpp)
     if key not in _OPEN_SLIDES:
-        _OPEN_SLIDES[key] = open_slide(path, reader=reader, mpp=mpp)
+        _OPEN_SLIDES[key] = open_slide(path, reader=reader, mpp=mpp, fallback_mpp=fallback_mpp)
         while len(_OPEN_SLIDES) > 4:
             _OPEN_SLIDES.popitem(last=False)[1].close()
     _OPEN_SLIDES.move_to_end(key)
@@ -171,6 +172,7 @@ class ChunkTask:
     start: int
     images_path: str | None  # Zarr: write here in the worker; None: send the pixels back
     shard: int = 0  # patches per Zarr shard
+    fallback_mpp: float | None = None
 
 
 _BUFFER: list[np.ndarray] = []  # per process: the reused pixel buffer of read_chunk
@@ -196,7 +198,7 @@ def read_chunk(task: ChunkTask) -> tuple[str, int, object]:
     from pathgen.slide import read_patch
 
     try:
-        slide = _cached_slide(task.slide, task.reader, task.mpp)
+        slide = _cached_slide(task.slide, task.reader, task.mpp, task.fallback_mpp)
         s = task.plan.patch_size
         shape = (len(task.plan.coords), s, s, 3)
         # Zarr chunks never leave this process, so one buffer serves them all; HDF5 chunks go back to the parent.
@@ -314,6 +316,8 @@ def _is_up_to_date(store_path: Path, job: SlideJob, params: TileParams) -> int |
         "reader": params.reader,
         "mpp_override": job.mpp,
     }
+    if attrs.get("mpp_source") == "fallback" and attrs.get("mpp_level0") != job.fallback_mpp:
+        return None  # tiled with another --slide-mpp, which this slide did use
     return n if all(attrs.get(k) == v for k, v in wanted.items()) else None
 
 
@@ -361,7 +365,7 @@ def _plan_slide(job: SlideJob, out_dir: Path, params: TileParams, overwrite: boo
         if not overwrite and (n := _is_up_to_date(store_path, job, params)) is not None:
             run.row = ManifestRow(str(job.path), "skipped", n, 0.0, "", store_path.name)
             return run
-        slide = _cached_slide(str(job.path), params.reader, job.mpp)
+        slide = _cached_slide(str(job.path), params.reader, job.mpp, job.fallback_mpp)
         thumb, thumb_ds = slide.thumbnail(THUMBNAIL_SIDE)
         mask = detect_tissue(thumb)
         plan = plan_patches(slide, params.mpp, params.patch_size, mask, thumb_ds, params.tissue_threshold)
@@ -400,7 +404,9 @@ def _chunk_tasks(run: _SlideRun, params: TileParams) -> Iterator[ChunkTask]:
         if run.error:
             return
         sub = replace(run.plan, coords=run.plan.coords[a:b], tissue_fraction=run.plan.tissue_fraction[a:b])
-        yield ChunkTask(str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images, run.writer.shard)
+        yield ChunkTask(
+            str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images, run.writer.shard, run.job.fallback_mpp
+        )
 
 
 def _finish(run: _SlideRun) -> ManifestRow:
