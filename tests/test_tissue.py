@@ -74,3 +74,15 @@ def test_small_specks_removed_and_holes_filled():
 def test_rejects_non_rgb_input():
     with pytest.raises(ValueError, match="RGB"):
         detect_tissue(np.zeros((10, 10), np.uint8))
+
+
+def test_pale_tissue_is_kept_on_a_slide_that_is_mostly_tissue():
+    """20% glass, 40% pale H&E, 40% dense dark tissue: little glass must not lift the threshold above the pale part."""
+    img = _glass((250, 500))
+    hem = color.rgb2hed(data.immunohistochemistry())[:250, :200, 0]
+    dense = np.stack([hem * 3.0 + 0.03, 0.5 * hem + 0.02, np.zeros_like(hem)], axis=-1)
+    img[:, 100:300] = _pale_he((250, 200))
+    img[:, 300:] = (np.clip(color.hed2rgb(dense), 0, 1) * 255).astype(np.uint8)
+    mask = detect_tissue(img)
+    assert mask[:, 110:290].mean() > 0.95  # pale
+    assert mask[:, 310:].mean() > 0.99 and mask[:, :90].mean() == 0  # dense, glass

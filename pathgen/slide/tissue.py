@@ -5,7 +5,9 @@ hematoxylin are both saturated; glass is not). Smoothing first lets pale stroma 
 count as tissue. Two guards keep Otsu honest: its threshold never drops below the glass's own saturation
 plus a margin (nor below `min_saturation`), so blank or tinted glass (where Otsu would split the noise in
 half) gives an empty mask; and it never rises above `max_threshold`, so a slide dominated by dark,
-saturated tissue does not push pale tissue into the background.
+saturated tissue does not push pale tissue into the background. The glass's saturation is measured on bright,
+unsaturated pixels, not on Otsu's lower class: on a slide that is mostly tissue, Otsu splits pale from dark
+tissue, and its lower class is pale tissue.
 """
 
 from __future__ import annotations
@@ -27,8 +29,8 @@ def detect_tissue(
     """Boolean tissue mask with the thumbnail's H x W.
 
     - min_saturation / max_threshold: clamp Otsu's saturation threshold into this range.
-    - background_margin: the threshold also stays this far above the glass's own saturation (the median of
-      Otsu's lower class), so tinted glass from some scanners is not taken for tissue.
+    - background_margin: the threshold also stays this far above the glass's own saturation (see
+      `glass_saturation`), so tinted glass from some scanners is not taken for tissue.
     - smooth_sigma: Gaussian blur (thumbnail px) of saturation first, so pale stroma between stained nuclei
       reads as tissue and glass noise averages out.
     - dark_value: pixels darker than this HSV value count as tissue even if unsaturated (dense, grey tissue),
@@ -48,7 +50,7 @@ def detect_tissue(
         val = filters.gaussian(val, sigma=smooth_sigma)
     # Otsu needs two distinct values; a perfectly uniform image is all glass (or all tissue: not our case).
     otsu = filters.threshold_otsu(sat) if np.ptp(sat) > 0 else 1.0
-    glass = float(np.median(sat[sat <= otsu]))  # Otsu's lower class is glass whenever there is any
+    glass = glass_saturation(sat, val, otsu)
     floor = max(min_saturation, glass + background_margin)
     threshold = float(min(max(otsu, floor), max(max_threshold, floor)))
     mask = (sat > threshold) | ((val < dark_value) & (val > 0.1))
@@ -61,3 +63,21 @@ def detect_tissue(
     mask = morphology.remove_small_objects(mask, max_size=min_object)
     mask = morphology.remove_small_holes(mask, max_size=min_hole)
     return mask
+
+
+# Glass is bright and nearly grey: tinted glass reaches a saturation of ~0.08, pale H&E starts around 0.1-0.15.
+GLASS_VALUE = 0.8
+GLASS_MAX_SATURATION = 0.12
+_GLASS_MIN_FRACTION = 1e-3
+
+
+def glass_saturation(sat: np.ndarray, val: np.ndarray, otsu: float) -> float:
+    """The saturation of the glass: the median over bright, low-saturation pixels.
+
+    Where there are too few of those (all tissue, or glass tinted beyond GLASS_MAX_SATURATION), Otsu's lower class
+    stands in: on a slide of tinted glass alone that is the glass, which keeps such a slide empty.
+    """
+    glass = (val >= GLASS_VALUE) & (sat <= GLASS_MAX_SATURATION)
+    if glass.sum() >= max(20, _GLASS_MIN_FRACTION * glass.size):
+        return float(np.median(sat[glass]))
+    return float(np.median(sat[sat <= otsu]))
