@@ -118,7 +118,7 @@ def test_plan_on_a_plain_image(tmp_path):
     Image.fromarray(img).save(path)
     with open_slide(path, mpp=0.5) as slide:
         thumb, ds = slide.thumbnail()
-        plan = plan_patches(slide, 1.0, 16, detect_tissue(thumb, smooth_sigma=0), ds, 0.5)
+        plan = plan_patches(slide, 1.0, 16, detect_tissue(thumb, smooth_um=0), ds, 0.5)
         assert plan.level == 0 and plan.read_size == 32
         np.testing.assert_array_equal(plan.coords, [[64, 32], [96, 32], [64, 64], [96, 64]])
         assert read_patch(slide, plan, plan.coords[0]).shape == (16, 16, 3)

@@ -200,3 +200,37 @@ def test_slide_mpp_is_a_fallback_and_the_csv_column_an_override(demo_slides, tmp
         assert (store.attrs["mpp_level0"], store.attrs["mpp_source"]) == (0.25, "metadata")
     with open_store(tmp_path / "out" / f"{demo_slides[1].stem}.zarr") as store:
         assert (store.attrs["mpp_level0"], store.attrs["mpp_source"]) == (0.3, "override")
+
+
+def test_tissue_mask_is_sized_in_microns_and_capped():
+    from pathgen.slide.tiler import MASK_MAX_SIDE, mask_downsample
+
+    assert mask_downsample(100_000, 0.25) == 32  # 8 um/px: a 256 px / 0.5 mpp patch spans 16 mask px
+    assert mask_downsample(40_000, 0.5) == 16
+    assert mask_downsample(1024, 0.25) == 4  # small slides get a finer mask, down to 1 um/px
+    assert 1_000_000 / mask_downsample(1_000_000, 0.25) == MASK_MAX_SIDE
+
+
+def test_the_mask_and_grid_cover_the_scanned_bounds_only(demo_slide, tmp_path, monkeypatch):
+    """MRXS (and others) say where the scan is in openslide.bounds-*: tissue is looked for, and patches laid, there."""
+    import pathgen.slide.reader as slide_reader
+
+    bounds = (200, 100, 600, 500)
+    monkeypatch.setattr(slide_reader, "_bounds", lambda props, dims: bounds)
+    rows = _rows(tile_cohort([demo_slide], tmp_path, coords_only=True, tissue_threshold=0.0, **TILE))
+    assert rows[demo_slide.name].n_patches == (600 // 64) * (500 // 64)  # every patch of the bounds, none beyond
+    with open_store(tmp_path / f"{demo_slide.stem}.zarr") as store:
+        assert store.attrs["level0_bounds"] == list(bounds)
+        assert store.coords.min(0).tolist() == [200, 100]
+        assert (store.coords.max(0) + 64 <= [800, 600]).all()
+        assert store.attrs["tissue_mask_mpp"] == pytest.approx(1.0)
+
+
+def test_bounds_properties_are_parsed_and_clipped():
+    from pathgen.slide.reader import _bounds
+
+    props = {"openslide.bounds-x": "100", "openslide.bounds-y": "50", "openslide.bounds-width": "5000",
+             "openslide.bounds-height": "300"}  # fmt: skip
+    assert _bounds(props, (1000, 800)) == (100, 50, 900, 300)
+    assert _bounds({}, (1000, 800)) == (0, 0, 1000, 800)
+    assert _bounds({**props, "openslide.bounds-x": "junk"}, (1000, 800)) == (0, 0, 1000, 800)

@@ -32,7 +32,7 @@ def test_agrees_with_the_synthetic_ground_truth():
     synth = SyntheticSlide(1024, 768, seed=5)
     thumb = synth.tile(0, 0, 1024, 768)[1::2, 1::2]
     truth = synth._field_at(0, 0, 1024, 768)[1::2, 1::2] > 0.125  # where the tissue is more than half opaque
-    mask = detect_tissue(thumb)
+    mask = detect_tissue(thumb, mpp=0.5)  # a 0.25 um/px slide at half resolution
     iou = (mask & truth).sum() / (mask | truth).sum()
     assert iou > 0.75
 
@@ -86,3 +86,17 @@ def test_pale_tissue_is_kept_on_a_slide_that_is_mostly_tissue():
     mask = detect_tissue(img)
     assert mask[:, 110:290].mean() > 0.95  # pale
     assert mask[:, 310:].mean() > 0.99 and mask[:, :90].mean() == 0  # dense, glass
+
+
+@pytest.mark.parametrize("mpp", [8.0, 2.0])
+def test_sizes_are_in_microns_whatever_the_mask_resolution(mpp):
+    """Two tissue blocks 24 um apart are joined and 120 um apart are not, at 8 and at 2 um per mask pixel."""
+    px = round(8 / mpp)  # mask pixels per 8 um
+    img = _glass((60 * px, 100 * px))
+    block = (150, 90, 60)
+    img[10 * px : 50 * px, 5 * px : 30 * px] = block
+    img[10 * px : 50 * px, 33 * px : 58 * px] = block  # 3 x 8 = 24 um gap
+    img[10 * px : 50 * px, 73 * px : 95 * px] = block  # 15 x 8 = 120 um gap
+    mask = detect_tissue(img, mpp=mpp, smooth_um=0)
+    row = mask[30 * px]
+    assert row[30 * px : 33 * px].all() and not row[60 * px : 71 * px].any()

@@ -35,11 +35,16 @@ class PatchPlan:
 
 
 def tissue_fractions(
-    mask: np.ndarray, mask_downsample: float, coords: np.ndarray, patch_size_level0: int
+    mask: np.ndarray,
+    mask_downsample: float,
+    coords: np.ndarray,
+    patch_size_level0: int,
+    origin: tuple[int, int] = (0, 0),
 ) -> np.ndarray:
     """Fraction of each level-0 square (coords, side patch_size_level0) that the mask marks as tissue.
 
-    One summed-area table answers every patch in O(1), whatever the grid size.
+    The mask's top-left pixel sits at level-0 `origin`. One summed-area table answers every patch in O(1),
+    whatever the grid size.
     """
     if len(coords) == 0:
         return np.zeros(0, np.float32)
@@ -52,8 +57,8 @@ def tissue_fractions(
         hi = np.clip(np.round((start + patch_size_level0) / mask_downsample).astype(np.int64), lo + 1, size)
         return lo, hi
 
-    x0, x1 = edges(coords[:, 0], w)
-    y0, y1 = edges(coords[:, 1], h)
+    x0, x1 = edges(coords[:, 0] - origin[0], w)
+    y0, y1 = edges(coords[:, 1] - origin[1], h)
     area = (x1 - x0) * (y1 - y0)
     total = sat[y1, x1] - sat[y0, x1] - sat[y1, x0] + sat[y0, x0]
     return (total / area).astype(np.float32)
@@ -66,11 +71,14 @@ def plan_patches(
     mask: np.ndarray,
     mask_downsample: float,
     threshold: float,
+    region: tuple[int, int, int, int] | None = None,
 ) -> PatchPlan:
-    """Non-overlapping grid of whole patches inside the slide, kept where tissue fraction >= threshold.
+    """Non-overlapping grid of whole patches inside `region`, kept where tissue fraction >= threshold.
 
-    `mask` is a tissue mask (e.g. from detect_tissue on slide.thumbnail()) and `mask_downsample` its
-    level-0 pixels per mask pixel.
+    `region` is the level-0 (x, y, w, h) the grid covers (default: the whole slide; the tiler passes
+    `slide.bounds`, the scanned area), and its top-left corner is the grid's first patch. `mask` is a tissue
+    mask of that region (e.g. detect_tissue on slide.thumbnail(region=...)), `mask_downsample` its level-0
+    pixels per mask pixel.
     """
     if target_mpp <= 0 or patch_size <= 0:
         raise SlideError(slide.path, f"target mpp and patch size must be positive, got {target_mpp}, {patch_size}")
@@ -85,12 +93,12 @@ def plan_patches(
     level = slide.best_level_for_downsample(scale)
     read_size = max(1, round(ps0 / slide.level_downsamples[level]))
 
-    width, height = slide.dimensions
-    ys = np.arange(0, height - ps0 + 1, ps0, dtype=np.int64)
-    xs = np.arange(0, width - ps0 + 1, ps0, dtype=np.int64)
+    x0, y0, width, height = region if region is not None else (0, 0, *slide.dimensions)
+    ys = np.arange(y0, y0 + height - ps0 + 1, ps0, dtype=np.int64)
+    xs = np.arange(x0, x0 + width - ps0 + 1, ps0, dtype=np.int64)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")  # ij: y is the slow axis -> row-major order
     coords = np.stack([xx.ravel(), yy.ravel()], axis=1)
-    frac = tissue_fractions(mask, mask_downsample, coords, ps0)
+    frac = tissue_fractions(mask, mask_downsample, coords, ps0, (x0, y0))
     keep = frac >= threshold
     return PatchPlan(
         coords=coords[keep],

@@ -13,12 +13,18 @@ GRID_COLOUR = (30, 60, 255)
 
 
 def render_qc(
-    slide_thumb: np.ndarray, mask: np.ndarray, plan: PatchPlan, thumb_downsample: float, out_png: Path
+    slide_thumb: np.ndarray,
+    mask: np.ndarray,
+    plan: PatchPlan,
+    thumb_downsample: float,
+    out_png: Path,
+    origin: tuple[int, int] = (0, 0),
 ) -> None:
     """Write a PNG of `slide_thumb` with the mask's contour (green) and each kept patch (blue squares).
 
     `mask` may be at any resolution; it is scaled onto the thumbnail. `thumb_downsample` is level-0
-    pixels per thumbnail pixel, as returned by Slide.thumbnail().
+    pixels per thumbnail pixel, as returned by Slide.thumbnail(), and `origin` the level-0 position of its
+    top-left pixel.
     """
     from PIL import Image, ImageDraw
     from skimage import measure
@@ -37,6 +43,6 @@ def render_qc(
             draw.line(pts, fill=CONTOUR_COLOUR, width=line)
     side = plan.patch_size_level0 / thumb_downsample
     for x, y in plan.coords:
-        x0, y0 = x / thumb_downsample, y / thumb_downsample
+        x0, y0 = (x - origin[0]) / thumb_downsample, (y - origin[1]) / thumb_downsample
         draw.rectangle([x0, y0, x0 + side, y0 + side], outline=GRID_COLOUR, width=1)
     img.save(out_png)

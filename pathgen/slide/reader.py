@@ -57,6 +57,7 @@ class _OpenSlideBackend:
         self.level_downsamples = [float(d) for d in self.osr.level_downsamples]
         self.metadata_mpp = _mean_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
         self.objective_power = _positive_float(props.get("openslide.objective-power"))
+        self.bounds = _bounds(props, self.level_dimensions[0])
 
     def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         from PIL import Image
@@ -114,6 +115,7 @@ class _TiatoolboxBackend:
         mpp = info.mpp
         self.metadata_mpp = _mean_mpp(*mpp) if mpp is not None else None
         self.objective_power = _positive_float(info.objective_power)
+        self.bounds = (0, 0, *self.level_dimensions[0])
 
     def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         # Baseline (level-0) location, output size in pixels of `level`, like OpenSlide's read_region;
@@ -136,6 +138,19 @@ def _positive_float(value: Any) -> float | None:
     except (TypeError, ValueError):
         return None
     return v if math.isfinite(v) and v > 0 else None
+
+
+def _bounds(props, dimensions: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The scanned area (x, y, w, h) in level-0 pixels: OpenSlide's bounds-* properties (MRXS, SCN, ...), clipped to
+    the slide; the whole slide where they are absent or nonsense."""
+    width, height = dimensions
+    try:
+        x, y, w, h = (int(props[f"openslide.bounds-{k}"]) for k in ("x", "y", "width", "height"))
+    except (KeyError, ValueError):
+        return 0, 0, width, height
+    x0, y0 = min(max(0, x), width), min(max(0, y), height)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else (0, 0, width, height)
 
 
 def _mean_mpp(x: Any, y: Any) -> float | None:
@@ -182,6 +197,7 @@ class Slide:
         self.level_dimensions: list[tuple[int, int]] = b.level_dimensions
         self.level_downsamples: list[float] = b.level_downsamples
         self.dimensions: tuple[int, int] = self.level_dimensions[0]
+        self.bounds: tuple[int, int, int, int] = b.bounds  # level-0 (x, y, w, h) that was scanned
         self.objective_power: float | None = _in_range(b.objective_power, _POWER_RANGE)
         metadata_mpp = _in_range(b.metadata_mpp, MPP_RANGE)
         for name, value in (("mpp override", mpp), ("fallback mpp", fallback_mpp)):
@@ -223,27 +239,30 @@ class Slide:
         ok = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + _LEVEL_TOLERANCE)]
         return max(ok, key=lambda i: self.level_downsamples[i]) if ok else 0
 
-    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+    def thumbnail(
+        self, max_side: int = 2048, region: tuple[int, int, int, int] | None = None
+    ) -> tuple[np.ndarray, float]:
         """(uint8 RGB thumbnail whose long side is <= max_side, level-0 pixels per thumbnail pixel).
 
-        Reads the best pyramid level in bounded chunks and box-reduces each by an integer factor, so memory
-        stays proportional to the thumbnail even for a huge slide with no pyramid.
+        `region` (level-0 x, y, w, h; default the whole slide) is what the thumbnail shows; its top-left pixel is
+        the region's. Reads the best pyramid level in bounded chunks and box-reduces each by an integer factor, so
+        memory stays proportional to the thumbnail even for a huge slide with no pyramid.
         """
         from PIL import Image
 
-        width, height = self.dimensions
+        rx, ry, width, height = region if region is not None else (0, 0, *self.dimensions)
         want = max(1.0, max(width, height) / max_side)
         level = self.best_level_for_downsample(want)
-        lw, lh = self.level_dimensions[level]
         ds = self.level_downsamples[level]
+        lw, lh = max(1, math.ceil(width / ds)), max(1, math.ceil(height / ds))
         factor = max(1, math.ceil(max(lw, lh) / max_side))
         out = np.full((math.ceil(lh / factor), math.ceil(lw / factor), 3), 255, np.uint8)
         chunk = factor * max(1, 4096 // factor)  # level pixels per chunk side, a multiple of factor
         for cy in range(0, lh, chunk):
             for cx in range(0, lw, chunk):
                 w, h = min(chunk, lw - cx), min(chunk, lh - cy)
-                region = self.read_region((round(cx * ds), round(cy * ds)), level, (w, h))
-                small = np.asarray(Image.fromarray(region).reduce(factor)) if factor > 1 else region
+                pixels = self.read_region((rx + round(cx * ds), ry + round(cy * ds)), level, (w, h))
+                small = np.asarray(Image.fromarray(pixels).reduce(factor)) if factor > 1 else pixels
                 ty, tx = cy // factor, cx // factor
                 out[ty : ty + small.shape[0], tx : tx + small.shape[1]] = small
         return out, ds * factor

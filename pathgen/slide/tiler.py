@@ -9,6 +9,7 @@ renamed into place only when all of its chunks are in.
 """
 
 import csv
+import math
 import multiprocessing
 import os
 import sys
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pathgen.errors import ConfigError, PathgenError, StoreError
+from pathgen.slide.tissue import MASK_MPP
 from pathgen.store.manifest import ManifestRow, manifest_name, summarize, write_manifest
 from pathgen.store.reader import open_store
 from pathgen.store.writer import FORMATS, PatchStoreWriter, remove_path, write_images_shard
@@ -31,9 +33,15 @@ SLIDE_EXTENSIONS = {
     ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
     ".png", ".jpg", ".jpeg",
 }  # fmt: skip
-# Tissue detection and QC pictures: ~12 thumbnail px per 256 px / 0.5 mpp patch on a 40x slide, and small
-# enough to come from a coarse pyramid level (reading a finer one cost ~0.8 s per slide).
-THUMBNAIL_SIDE = 1024
+# The tissue mask: MASK_MPP um per pixel (16 px across a 256 px patch at 0.5 mpp), finer on small slides so their
+# long side has MASK_MIN_SIDE px (but never finer than MASK_FINEST_MPP, where smoothing radii in um grow costly),
+# coarser on huge ones so it never exceeds MASK_MAX_SIDE (memory, and the time to read and decode it). The QC
+# picture is the mask's thumbnail, shrunk to at most QC_MAX_SIDE, or a finer one of QC_MIN_SIDE for small slides.
+MASK_FINEST_MPP = 1.0
+MASK_MIN_SIDE = 1024
+MASK_MAX_SIDE = 4096
+QC_MIN_SIDE = 1024
+QC_MAX_SIDE = 2048
 
 
 @dataclass(frozen=True)
@@ -260,6 +268,7 @@ def store_attrs(job: SlideJob, slide, plan, params: TileParams) -> dict:
         "patch_size_level0": int(plan.patch_size_level0),
         "level0_width": int(slide.dimensions[0]),
         "level0_height": int(slide.dimensions[1]),
+        "level0_bounds": [int(v) for v in slide.bounds],
         "level0_magnification": level0_mag,
         "target_magnification": _magnification(level0_mag * slide.mpp / plan.target_mpp),
         "overlap": 0,
@@ -366,12 +375,20 @@ def _plan_slide(job: SlideJob, out_dir: Path, params: TileParams, overwrite: boo
             run.row = ManifestRow(str(job.path), "skipped", n, 0.0, "", store_path.name)
             return run
         slide = _cached_slide(str(job.path), params.reader, job.mpp, job.fallback_mpp)
-        thumb, thumb_ds = slide.thumbnail(THUMBNAIL_SIDE)
-        mask = detect_tissue(thumb)
-        plan = plan_patches(slide, params.mpp, params.patch_size, mask, thumb_ds, params.tissue_threshold)
+        bounds = slide.bounds
+        extent = max(bounds[2], bounds[3])
+        thumb, thumb_ds = slide.thumbnail(math.ceil(extent / mask_downsample(extent, slide.mpp)), region=bounds)
+        mask = detect_tissue(thumb, mpp=slide.mpp * thumb_ds)
+        plan = plan_patches(
+            slide, params.mpp, params.patch_size, mask, thumb_ds, params.tissue_threshold, region=bounds
+        )
         (out_dir / "qc").mkdir(exist_ok=True)
-        render_qc(thumb, mask, plan, thumb_ds, out_dir / "qc" / f"{job.name}.png")
-        attrs = store_attrs(job, slide, plan, params)
+        if max(thumb.shape[:2]) < QC_MIN_SIDE and thumb_ds > 1:
+            qc, qc_ds = slide.thumbnail(QC_MIN_SIDE, region=bounds)
+        else:
+            qc, qc_ds = _shrink(thumb, thumb_ds, QC_MAX_SIDE)
+        render_qc(qc, mask, plan, qc_ds, out_dir / "qc" / f"{job.name}.png", origin=bounds[:2])
+        attrs = store_attrs(job, slide, plan, params) | {"tissue_mask_mpp": float(slide.mpp * thumb_ds)}
         run.writer = PatchStoreWriter(
             store_path,
             plan.coords,
@@ -396,6 +413,22 @@ def _plan_slide(job: SlideJob, out_dir: Path, params: TileParams, overwrite: boo
             run.writer.abort()
             run.writer = None
     return run
+
+
+def mask_downsample(extent: int, mpp: float) -> float:
+    """Level-0 pixels per tissue-mask pixel for a scanned area whose long side is `extent` level-0 pixels."""
+    ds = min(MASK_MPP / mpp, extent / MASK_MIN_SIDE)  # small slides: a finer mask costs little
+    return max(ds, MASK_FINEST_MPP / mpp, extent / MASK_MAX_SIDE, 1.0)
+
+
+def _shrink(image: np.ndarray, downsample: float, max_side: int) -> tuple[np.ndarray, float]:
+    """`image` reduced by a whole factor so that its long side is at most `max_side`; and its new downsample."""
+    from PIL import Image
+
+    factor = math.ceil(max(image.shape[:2]) / max_side)
+    if factor <= 1:
+        return image, downsample
+    return np.asarray(Image.fromarray(image).reduce(factor)), downsample * factor
 
 
 def _chunk_tasks(run: _SlideRun, params: TileParams) -> Iterator[ChunkTask]:

@@ -12,42 +12,50 @@ tissue, and its lower class is pale tissue.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+
+MASK_MPP = 8.0  # um per mask pixel: 16 mask px across a 256 px patch at 0.5 mpp
 
 
 def detect_tissue(
     thumb_rgb: np.ndarray,
+    mpp: float = MASK_MPP,
     min_saturation: float = 0.04,
     max_threshold: float = 0.05,
     dark_value: float = 0.5,
     background_margin: float = 0.02,
-    smooth_sigma: float = 4.0,
-    closing_radius: int = 4,
-    min_object_fraction: float = 2e-4,
-    min_hole_fraction: float = 5e-3,
+    smooth_um: float = 4.0,
+    closing_um: float = 16.0,
+    min_object_um2: float = 10_000.0,
+    min_hole_um2: float = 10_000.0,
 ) -> np.ndarray:
-    """Boolean tissue mask with the thumbnail's H x W.
+    """Boolean tissue mask with the thumbnail's H x W; `mpp` is the thumbnail's microns per pixel.
 
+    Sizes are in microns, so a mask means the same at any thumbnail resolution:
     - min_saturation / max_threshold: clamp Otsu's saturation threshold into this range.
     - background_margin: the threshold also stays this far above the glass's own saturation (see
       `glass_saturation`), so tinted glass from some scanners is not taken for tissue.
-    - smooth_sigma: Gaussian blur (thumbnail px) of saturation first, so pale stroma between stained nuclei
-      reads as tissue and glass noise averages out.
+    - smooth_um: Gaussian blur (sigma) of saturation first, so pale stroma between stained nuclei reads as
+      tissue and glass noise averages out.
     - dark_value: pixels darker than this HSV value count as tissue even if unsaturated (dense, grey tissue),
       unless they are near black (< 0.1), which is scanner padding or pen.
-    - closing_radius: disk radius (thumbnail px) that joins nearby tissue fragments.
-    - min_object_fraction / min_hole_fraction: objects and holes smaller than this fraction of the
-      thumbnail area are dust and artefacts; they are removed and filled.
+    - closing_um: radius of the disk that joins tissue fragments closer than about twice this.
+    - min_object_um2 / min_hole_um2: smaller objects are dust and are removed; smaller holes are filled
+      (0.01 mm^2 is a 100 um square, 60% of a 256 px patch at 0.5 mpp: a larger hole gives glass patches).
     """
     from skimage import color, filters, morphology
 
     if thumb_rgb.ndim != 3 or thumb_rgb.shape[2] < 3:
         raise ValueError(f"expected an RGB image [H, W, 3], got shape {thumb_rgb.shape}")
+    if not mpp > 0:
+        raise ValueError(f"mpp must be positive, got {mpp}")
     hsv = color.rgb2hsv(thumb_rgb[..., :3])
     sat, val = hsv[..., 1], hsv[..., 2]
-    if smooth_sigma > 0:
-        sat = filters.gaussian(sat, sigma=smooth_sigma)
-        val = filters.gaussian(val, sigma=smooth_sigma)
+    if smooth_um > 0:
+        sat = filters.gaussian(sat, sigma=smooth_um / mpp)
+        val = filters.gaussian(val, sigma=smooth_um / mpp)
     # Otsu needs two distinct values; a perfectly uniform image is all glass (or all tissue: not our case).
     otsu = filters.threshold_otsu(sat) if np.ptp(sat) > 0 else 1.0
     glass = glass_saturation(sat, val, otsu)
@@ -55,14 +63,45 @@ def detect_tissue(
     threshold = float(min(max(otsu, floor), max(max_threshold, floor)))
     mask = (sat > threshold) | ((val < dark_value) & (val > 0.1))
 
-    if closing_radius > 0:
-        mask = morphology.closing(mask, morphology.disk(closing_radius))
-    area = mask.shape[0] * mask.shape[1]
-    min_object = max(1, int(min_object_fraction * area))
-    min_hole = max(1, int(min_hole_fraction * area))
-    mask = morphology.remove_small_objects(mask, max_size=min_object)
-    mask = morphology.remove_small_holes(mask, max_size=min_hole)
-    return mask
+    mask = close_disk(mask, closing_um / mpp)
+    px_area = mpp * mpp
+    mask = morphology.remove_small_objects(mask, max_size=max(1, int(min_object_um2 / px_area)))
+    return fill_small_holes(mask, max(1, int(min_hole_um2 / px_area)))
+
+
+def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
+    """Fill background regions of at most `max_size` px that tissue encloses (not those reaching the border: on a
+    small slide the glass around the tissue can be smaller than a hole worth keeping)."""
+    from skimage import measure
+
+    background = measure.label(~mask, connectivity=1)
+    if background.max() == 0:
+        return mask
+    sizes = np.bincount(background.ravel())
+    border = np.unique(np.concatenate([background[0], background[-1], background[:, 0], background[:, -1]]))
+    small = sizes <= max_size
+    small[0] = False
+    small[border] = False
+    return mask | small[background]
+
+
+def close_disk(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological closing with a disk of `radius` pixels, through two Euclidean distance transforms.
+
+    Linear in the image size whatever the radius, where a disk footprint costs radius^2 per pixel. The mask is
+    extended by edge replication first, so tissue running off the slide stays tissue up to the border while glass
+    near the border is not joined to it (padding with tissue would fill every bay within `radius` of the edge).
+    """
+    from scipy import ndimage
+
+    if radius < 0.5 or not mask.any():
+        return mask.copy()
+    pad = math.ceil(radius) + 1
+    padded = np.pad(mask, pad, mode="edge")
+    dilated = ndimage.distance_transform_edt(~padded) <= radius
+    if dilated.all():
+        return dilated[pad:-pad, pad:-pad]
+    return (ndimage.distance_transform_edt(dilated) > radius)[pad:-pad, pad:-pad]
 
 
 # Glass is bright and nearly grey: tinted glass reaches a saturation of ~0.08, pale H&E starts around 0.1-0.15.
