@@ -14,7 +14,7 @@ CASES = [(0.6, 0, 77), (1.5, 1, 48)]
 
 
 def _tile_h5(slide, out, mpp):
-    tile_cohort([slide], out, mpp=mpp, patch_size=32, fmt="h5", tissue_threshold=0.2)
+    tile_cohort([slide], out, mpp=mpp, patch_size=32, fmt="h5", tissue_threshold=0.2, workers=0)
     return out / f"{slide.stem}.h5"
 
 
@@ -73,12 +73,12 @@ def test_level0_magnification_is_whole_and_follows_an_mpp_override(tmp_path, dem
 
     odd = tmp_path / "odd.svs"  # 0.3 um/px and no objective power: 10 / 0.3 = 33.3x
     write_svs(odd, 512, 384, SyntheticSlide(512, 384, seed=1).tile, mpp=0.3, magnification=None, tile_size=128)
-    tile_cohort([odd], tmp_path / "a", mpp=0.6, patch_size=32, coords_only=True)
+    tile_cohort([odd], tmp_path / "a", mpp=0.6, patch_size=32, coords_only=True, workers=0)
     attrs = _attrs(tmp_path / "a" / "odd.zarr")
     assert attrs["level0_magnification"] == 33 and attrs["target_magnification"] == pytest.approx(16.5)
 
     # The demo slide says 40x at 0.25 um/px; told it is really 0.5 um/px, level 0 is a 20x scan.
     (tmp_path / "list.csv").write_text(f"slide,mpp\n{demo_slide},0.5\n")
-    tile_cohort([tmp_path / "list.csv"], tmp_path / "b", mpp=1.0, patch_size=32, coords_only=True)
+    tile_cohort([tmp_path / "list.csv"], tmp_path / "b", mpp=1.0, patch_size=32, coords_only=True, workers=0)
     attrs = _attrs(tmp_path / "b" / f"{demo_slide.stem}.zarr")
     assert (attrs["level0_magnification"], attrs["target_magnification"]) == (20, 10)

@@ -62,3 +62,19 @@ def test_help_lists_the_options():
     for option in ("--mpp", "--patch-size", "--format", "--workers", "--shard", "--tissue-threshold", "--coords-only",
                    "--reader", "--slide-mpp", "--overwrite"):  # fmt: skip
         assert option in result.output
+
+
+def test_manifest_merge_combines_an_array_jobs_shards(demo_cohort, tmp_path):
+    out = tmp_path / "out"
+    base = ["tile", str(demo_cohort), "--out", str(out), "--patch-size", "32", "--coords-only", "--workers", "0"]
+    assert runner.invoke(app, [*base, "--shard", "0/2"]).exit_code == 0
+    result = runner.invoke(app, ["manifest", "merge", str(out)])
+    assert result.exit_code == 1 and "shard(s) 1 of 2" in result.output and not (out / "manifest.csv").exists()
+    assert runner.invoke(app, [*base, "--shard", "1/2"]).exit_code == 0
+    result = runner.invoke(app, ["manifest", "merge", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "slides: 4  ok: 4" in result.output and (out / "summary.txt").is_file()
+    rows = read_manifest(out / "manifest.csv")
+    assert [r.slide for r in rows] == sorted(r.slide for r in rows) and len(rows) == 4
+    assert {r.extra["label"] for r in rows} == {"positive", "negative"}  # labels.csv's label column came along
+    assert len(find_stores(out / "manifest.csv")) == 4

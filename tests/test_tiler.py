@@ -19,7 +19,7 @@ from pathgen.pipeline.demo_cohort import make_blank_slide
 from pathgen.slide.tiler import list_slides, parse_shard, tile_cohort
 from pathgen.store import find_stores, open_store, read_manifest
 
-TILE = dict(mpp=0.5, patch_size=32)
+TILE = dict(mpp=0.5, patch_size=32, workers=0)  # workers=0: in this process (the pool is tested on its own)
 
 
 def _rows(manifest: Path) -> dict[str, object]:
@@ -159,8 +159,8 @@ def test_csv_list_with_mpp_column_and_odd_paths(demo_slide, tmp_path):
 def test_two_workers_give_identical_stores(demo_slides, tmp_path, monkeypatch, fmt):
     # Small shards so even these tiny slides are split into several chunks read by different workers.
     monkeypatch.setattr(store_writer, "SHARD_BYTES", 32 * 32 * 3 * 8)
-    one = _rows(tile_cohort(demo_slides[:2], tmp_path / "one", fmt=fmt, workers=1, **TILE))
-    two = _rows(tile_cohort(demo_slides[:2], tmp_path / "two", fmt=fmt, workers=2, **TILE))
+    one = _rows(tile_cohort(demo_slides[:2], tmp_path / "one", fmt=fmt, **TILE))
+    two = _rows(tile_cohort(demo_slides[:2], tmp_path / "two", fmt=fmt, **{**TILE, "workers": 2}))
     assert {r.status for r in two.values()} == {"ok"}
     assert max(r.n_patches for r in two.values()) > 8  # at least one slide was split across workers
     for name, row in one.items():
@@ -203,7 +203,7 @@ def test_slide_mpp_is_a_fallback_and_the_csv_column_an_override(demo_slides, tmp
 
 
 def test_tissue_mask_is_sized_in_microns_and_capped():
-    from pathgen.slide.tiler import MASK_MAX_SIDE, mask_downsample
+    from pathgen.slide.planning import MASK_MAX_SIDE, mask_downsample
 
     assert mask_downsample(100_000, 0.25) == 32  # 8 um/px: a 256 px / 0.5 mpp patch spans 16 mask px
     assert mask_downsample(40_000, 0.5) == 16
@@ -234,3 +234,21 @@ def test_bounds_properties_are_parsed_and_clipped():
     assert _bounds(props, (1000, 800)) == (100, 50, 900, 300)
     assert _bounds({}, (1000, 800)) == (0, 0, 1000, 800)
     assert _bounds({**props, "openslide.bounds-x": "junk"}, (1000, 800)) == (0, 0, 1000, 800)
+
+
+def test_stale_temps_are_only_this_hosts_dead_ones(demo_slide, tmp_path):
+    """On shared storage another machine's temp is never ours to delete, even if its pid is free here."""
+    import socket
+
+    host = socket.gethostname()
+    name = f"{demo_slide.stem}.zarr"
+    theirs, dead, alive = (tmp_path / f"{name}.tmp-{h}-{p}" for h, p in
+                           [("node-17", 999999999), (host, 999999999), (host, os.getppid())])  # fmt: skip
+    for p in (theirs, dead, alive):
+        p.mkdir()
+    rows = _rows(tile_cohort([demo_slide], tmp_path, coords_only=True, **TILE))
+    assert rows[demo_slide.name].status == "ok"
+    assert theirs.exists() and alive.exists() and not dead.exists()
+    from pathgen.store.writer import temp_path
+
+    assert temp_path(tmp_path / name).name == f"{name}.tmp-{host}-{os.getpid()}"

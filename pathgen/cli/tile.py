@@ -19,9 +19,18 @@ def tile(
     mpp: float = typer.Option(0.5, "--mpp", help="Target resolution in microns per pixel (0.5 ~ 20x, 0.25 ~ 40x)."),
     patch_size: int = typer.Option(256, "--patch-size", help="Patch side in pixels at the target resolution."),
     fmt: str = typer.Option("zarr", "--format", help="Store format: zarr (v3, sharded) or h5 (CLAM/TRIDENT layout)."),
-    workers: int = typer.Option(1, "--workers", "-j", help="Worker processes, shared across and within slides."),
+    workers: int = typer.Option(
+        1,
+        "--workers",
+        "-j",
+        help="Worker processes, shared across and within slides; a crashing worker fails only its slide. "
+        "0: everything in this process (debugging).",
+    ),
     shard: str = typer.Option(
-        "0/1", "--shard", help="Tile only every N-th slide starting at I (I/N, 0-based), e.g. $SLURM_ARRAY_TASK_ID/8."
+        "0/1",
+        "--shard",
+        help="Tile only shard I of N (0-based), e.g. $SLURM_ARRAY_TASK_ID/8: slides are assigned by a hash of "
+        "their name, so adding slides moves no other; then `pathgen manifest merge OUT`.",
     ),
     tissue_threshold: float = typer.Option(
         0.5, "--tissue-threshold", help="Keep a patch when at least this fraction of it is tissue."

@@ -130,6 +130,19 @@ class _TiatoolboxBackend:
 
 
 _BACKENDS = {"openslide": _OpenSlideBackend, "tiatoolbox": _TiatoolboxBackend}
+OPTIONAL_READERS = {"tiatoolbox": "tiatoolbox"}  # reader -> the module it needs, not a pathgen dependency
+
+
+def check_reader(reader: str) -> str | None:
+    """Why `reader` cannot be used here (unknown, or its package not installed), or None if it can."""
+    import importlib.util
+
+    if reader not in _BACKENDS:
+        return f"--reader must be one of {', '.join(_BACKENDS)}, got {reader!r}"
+    module = OPTIONAL_READERS.get(reader)
+    if module is not None and importlib.util.find_spec(module) is None:
+        return f"reader {reader!r} needs {module}, which is not installed; pip install pathgen[{module}]"
+    return None
 
 
 def _positive_float(value: Any) -> float | None:
@@ -156,16 +169,6 @@ def _bounds(props, dimensions: tuple[int, int]) -> tuple[int, int, int, int]:
 def _mean_mpp(x: Any, y: Any) -> float | None:
     vals = [v for v in (_positive_float(x), _positive_float(y)) if v is not None]
     return sum(vals) / len(vals) if vals else None
-
-
-def _composite_on_white(region: np.ndarray) -> np.ndarray:
-    """RGBA (straight alpha, as openslide-python returns it) -> RGB over white glass."""
-    if region.ndim == 3 and region.shape[2] == 3:
-        return np.ascontiguousarray(region, dtype=np.uint8)
-    if region[..., 3].min() == 255:
-        return np.ascontiguousarray(region[..., :3])
-    rgb, alpha = region[..., :3].astype(np.uint16), region[..., 3:4].astype(np.uint16)
-    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
 
 
 def _in_range(value: float | None, lo_hi: tuple[float, float]) -> float | None:
@@ -229,7 +232,7 @@ class Slide:
             region = self._backend.read_region((int(xy[0]), int(xy[1])), int(level), (int(size[0]), int(size[1])))
         except Exception as err:  # a corrupt tile deep inside a slide surfaces only here
             raise SlideError(self.path, f"cannot read region {tuple(xy)} level {level}: {_one_line(err)}") from None
-        return _composite_on_white(region)
+        return np.ascontiguousarray(region, dtype=np.uint8)  # backends composite RGBA on white themselves
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample does not exceed `downsample` (1% tolerance); level 0 at worst.

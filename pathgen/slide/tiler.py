@@ -1,58 +1,38 @@
-"""Tile slides into patch stores: one slide (`tile_slide`) or a whole cohort (`tile_cohort`).
+"""Tile a cohort of slides into patch stores (`tile_cohort`).
 
-Per slide the parent process opens the slide, detects tissue on a thumbnail, plans the patch grid, writes the
-QC image and creates the store. The plan is then cut into row-major chunks of one Zarr shard each, and the
-chunks of all slides go through one queue of worker processes, so workers are busy across slides and within
-one large slide alike. Zarr chunks are written by the workers straight into their own shard files (compression
-runs in parallel too); HDF5 has a single writer, so its chunks come back to the parent. A slide's store is
-renamed into place only when all of its chunks are in.
+Everything that touches a slide runs in a pool of worker processes; the parent schedules and writes HDF5. Each
+slide is planned in a worker (`plan_task`: open, find the tissue, lay the grid, draw the QC picture), then its
+grid is cut into row-major chunks of one Zarr shard each, and the chunks of all slides go through the same
+queue, so workers are busy across slides and within one large slide alike. Zarr chunks are written by the
+workers straight into their own shard files (compression runs in parallel too); HDF5 has a single writer, so its
+chunks come back to the parent. A slide's store is renamed into place only when all of its chunks are in.
+
+A worker that dies (the out-of-memory killer, a segfault in a native library) breaks the pool. The pool is then
+rebuilt and every task that was in flight is retried once, alone, so a task that kills its worker again is the
+culprit: only its slide fails, with a one-line reason, and the rest of the cohort carries on. `workers=0` runs
+everything in this process, without that protection (for debugging).
 """
 
-import csv
-import math
 import multiprocessing
-import os
+import signal
 import sys
 import time
-from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from pathgen.errors import ConfigError, PathgenError, StoreError
-from pathgen.slide.tissue import MASK_MPP
-from pathgen.store.manifest import ManifestRow, manifest_name, summarize, write_manifest
+from pathgen.slide.discovery import SlideJob, list_slides, parse_shard, shard_of
+from pathgen.store.manifest import ManifestRow, manifest_name, summarize, summary_path, write_manifest
 from pathgen.store.reader import open_store
-from pathgen.store.writer import FORMATS, PatchStoreWriter, remove_path, write_images_shard
+from pathgen.store.writer import FORMATS, PatchStoreWriter, remove_stale_temps, write_images_shard
 
-# Extensions picked up when a folder is given. OpenSlide 4 formats, DICOM, and plain images.
-SLIDE_EXTENSIONS = {
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-    ".png", ".jpg", ".jpeg",
-}  # fmt: skip
-# The tissue mask: MASK_MPP um per pixel (16 px across a 256 px patch at 0.5 mpp), finer on small slides so their
-# long side has MASK_MIN_SIDE px (but never finer than MASK_FINEST_MPP, where smoothing radii in um grow costly),
-# coarser on huge ones so it never exceeds MASK_MAX_SIDE (memory, and the time to read and decode it). The QC
-# picture is the mask's thumbnail, shrunk to at most QC_MAX_SIDE, or a finer one of QC_MIN_SIDE for small slides.
-MASK_FINEST_MPP = 1.0
-MASK_MIN_SIDE = 1024
-MASK_MAX_SIDE = 4096
-QC_MIN_SIDE = 1024
-QC_MAX_SIDE = 2048
-
-
-@dataclass(frozen=True)
-class SlideJob:
-    path: Path
-    mpp: float | None = None  # per-slide override (CSV `mpp` column)
-    fallback_mpp: float | None = None  # --slide-mpp: only for slides that record no resolution
-
-    @property
-    def name(self) -> str:
-        return self.path.stem
+__all__ = ["TileParams", "tile_cohort", "list_slides", "parse_shard", "summary_path"]
 
 
 @dataclass(frozen=True)
@@ -63,89 +43,6 @@ class TileParams:
     tissue_threshold: float = 0.5
     coords_only: bool = False
     reader: str = "openslide"
-
-
-# ---------------------------------------------------------------------------------------------- slide lists
-
-
-def _read_slide_csv(path: Path, fallback_mpp: float | None) -> list[SlideJob]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    columns = set(rows[0]) if rows else set()
-    key = "slide" if "slide" in columns else "path" if "path" in columns else None
-    if key is None:
-        raise ConfigError(path, "slide list needs a 'slide' or 'path' column")
-    jobs = []
-    for line, row in enumerate(rows, start=2):
-        slide = Path(row[key].strip())
-        if not slide.is_absolute():  # relative to the CSV, so a cohort folder can move as a whole
-            slide = path.parent / slide
-        mpp = None
-        if (row.get("mpp") or "").strip():
-            try:
-                mpp = float(row["mpp"])
-            except ValueError:
-                raise ConfigError(path, f"line {line}: mpp {row['mpp']!r} is not a number") from None
-            if mpp <= 0:
-                raise ConfigError(path, f"line {line}: mpp must be positive, got {mpp}")
-        jobs.append(SlideJob(slide, mpp, fallback_mpp))
-    return jobs
-
-
-def _slides_in(folder: Path, skip: Path | None = None) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        # Never descend into stores, nor into the output folder (its qc/*.png are not slides).
-        dirs[:] = [d for d in dirs if not d.endswith(".zarr") and (skip is None or Path(root, d).resolve() != skip)]
-        dicom_taken = False
-        for name in sorted(files):
-            suffix = Path(name).suffix.lower()
-            if suffix == ".dcm":  # OpenSlide opens a DICOM slide from any one file of its series folder
-                if dicom_taken:
-                    continue
-                dicom_taken = True
-            if suffix in SLIDE_EXTENSIONS:
-                found.append(Path(root, name))
-    return found
-
-
-def list_slides(
-    sources: Iterable[str | Path], slide_mpp: float | None = None, out_dir: str | Path | None = None
-) -> list[SlideJob]:
-    """Slides from files, folders (recursive, skipping `out_dir`) and CSV lists (column slide or path, optional
-    mpp overriding the slide's own), sorted by path. `slide_mpp` is every slide's fallback mpp."""
-    skip = Path(out_dir).resolve() if out_dir is not None else None
-    jobs: dict[str, SlideJob] = {}
-    for source in sources:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(path, "no such slide, folder or slide list")
-        if path.is_dir():
-            found = [SlideJob(p, None, slide_mpp) for p in _slides_in(path, skip)]
-        elif path.suffix.lower() == ".csv":
-            found = _read_slide_csv(path, slide_mpp)
-        else:
-            found = [SlideJob(path, None, slide_mpp)]
-        for job in found:
-            jobs.setdefault(str(job.path), job)
-    ordered = sorted(jobs.values(), key=lambda j: str(j.path))
-    seen: dict[str, Path] = {}
-    for job in ordered:
-        if job.name in seen:
-            raise ConfigError(job.path, f"same file name as {seen[job.name]}; stores are named by slide, rename one")
-        seen[job.name] = job.path
-    return ordered
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' -> (I, N) with 0 <= I < N."""
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ConfigError(None, f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= index < count:
-        raise ConfigError(None, f"--shard {text}: need 0 <= I < N")
-    return index, count
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -230,79 +127,26 @@ def _one_line(err: BaseException) -> str:
     return " ".join(text.split())[:500]
 
 
-# ---------------------------------------------------------------------------------------------- one slide
+# ---------------------------------------------------------------------------------------------- planning
 
 
-def _magnification(value: float) -> float | int:
-    value = round(value, 3)
-    return int(value) if float(value).is_integer() else value
+@dataclass
+class PlanTask:
+    job: SlideJob
+    params: TileParams
+    qc_dir: str
 
 
-def level0_magnification(slide) -> int:
-    """The nominal objective of level 0, a whole number: the slide's objective power, unless its mpp was overridden
-    (then 10 / mpp, 0.25 um/px being the usual 40x), and 10 / mpp where the slide records no power."""
-    if slide.objective_power is not None and slide.mpp_source != "override":
-        return max(1, round(slide.objective_power))
-    return max(1, round(10.0 / slide.mpp))
+def plan_task(task: PlanTask) -> tuple[str, object]:
+    """Plan one slide in a worker: ('ok', SlidePlan) or ('error', one-line reason)."""
+    from pathgen.slide.planning import plan_slide
 
-
-def store_attrs(job: SlideJob, slide, plan, params: TileParams) -> dict:
-    """Root attributes of one slide's store: provenance and pathgen's description of the patches."""
-    from pathgen import __version__
-
-    stat = job.path.stat()
-    level0_mag = level0_magnification(slide)
-    downsample = float(slide.level_downsamples[plan.level])
-    return {
-        "name": job.name,
-        "slide_path": str(job.path.resolve()),
-        "slide_size": stat.st_size,
-        "slide_mtime": stat.st_mtime,
-        "slide_format": slide.format,
-        "reader": slide.reader,
-        "mpp_level0": float(slide.mpp),
-        "mpp_source": slide.mpp_source,
-        "mpp_override": job.mpp,
-        "objective_power": slide.objective_power,
-        "target_mpp": float(plan.target_mpp),
-        "patch_size_level0": int(plan.patch_size_level0),
-        "level0_width": int(slide.dimensions[0]),
-        "level0_height": int(slide.dimensions[1]),
-        "level0_bounds": [int(v) for v in slide.bounds],
-        "level0_magnification": level0_mag,
-        "target_magnification": _magnification(level0_mag * slide.mpp / plan.target_mpp),
-        "overlap": 0,
-        "patch_level": int(plan.level),
-        "read_size": int(plan.read_size),
-        "downsample": [downsample, downsample],
-        "level_dim": [int(v) for v in slide.level_dimensions[plan.level]],
-        "downsampled_level_dim": [int(v) for v in slide.level_dimensions[plan.level]],
-        "tissue_threshold": float(params.tissue_threshold),
-        "pathgen_version": __version__,
-    }
-
-
-def reader_attrs(slide, plan) -> dict:
-    """The `coords` attributes CLAM and TRIDENT read, describing the same level-0 square for both.
-
-    CLAM reads `read_region(coord, patch_level, (patch_size,) * 2)`: there `patch_size` is the side read at
-    `patch_level`, not the stored side, and resizing to `target_patch_size` (CLAM's --target_patch_size) gives
-    the stored patch. TRIDENT reads `patch_size` pixels at `target_magnification` over
-    `patch_size * level0_magnification / target_magnification` level-0 pixels, so `target_magnification` here
-    is the magnification of the pixels read at `patch_level`; it equals the stored patches' magnification whenever
-    the target resolution is a pyramid level (read size = patch size). `custom_downsample` stays 1: TRIDENT's
-    legacy reader multiplies the read area by it, while CLAM takes it from its command line, never from the file.
-    """
-    level0_mag = level0_magnification(slide)
-    return {
-        "patch_size": int(plan.read_size),
-        "patch_level": int(plan.level),
-        "custom_downsample": 1,
-        "target_patch_size": int(plan.patch_size),
-        "patch_size_level0": int(plan.patch_size_level0),
-        "level0_magnification": level0_mag,
-        "target_magnification": _magnification(level0_mag * plan.read_size / plan.patch_size_level0),
-    }
+    try:
+        job = task.job
+        slide = _cached_slide(str(job.path), task.params.reader, job.mpp, job.fallback_mpp)
+        return "ok", plan_slide(slide, job, task.params, Path(task.qc_dir))
+    except Exception as err:  # noqa: BLE001 - this slide fails, the cohort goes on
+        return "error", _one_line(err)
 
 
 def _is_up_to_date(store_path: Path, job: SlideJob, params: TileParams) -> int | None:
@@ -330,120 +174,97 @@ def _is_up_to_date(store_path: Path, job: SlideJob, params: TileParams) -> int |
     return n if all(attrs.get(k) == v for k, v in wanted.items()) else None
 
 
-def _remove_stale_temps(store_path: Path) -> None:
-    """Delete temp stores left by killed runs (their pid is gone); leave live jobs' temps alone."""
-    for tmp in store_path.parent.glob(f"{store_path.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-            if pid != os.getpid():
-                os.kill(pid, 0)
-                continue  # still running (another job on this machine)
-        except ProcessLookupError:
-            pass
-        except (ValueError, PermissionError):
-            continue
-        remove_path(tmp)
+# ---------------------------------------------------------------------------------------------- one slide
 
 
 @dataclass
 class _SlideRun:
-    """A slide being tiled: its writer, plan and how many chunks are still out."""
+    """A slide being tiled: its writer, plan and how many of its tasks are still out."""
 
     job: SlideJob
     row: ManifestRow
     t0: float
+    store_path: Path
     writer: PatchStoreWriter | None = None
     plan: object = None
-    outstanding: int = 0
+    outstanding: int = 0  # tasks submitted or waiting for a retry
     submitted_all: bool = False
+    finished: bool = False
     error: str = ""
-    progress_task: object = None
     chunks: list = field(default_factory=list)  # (start, stop) patch ranges, one Zarr shard each
     gen: Iterator | None = None
 
 
-def _plan_slide(job: SlideJob, out_dir: Path, params: TileParams, overwrite: bool) -> _SlideRun:
-    """Open, detect tissue, plan, write QC and create the store. Returns a run whose row may already be final."""
-    from pathgen.slide import detect_tissue, plan_patches, render_qc
+@dataclass
+class _Work:
+    """One task for the pool, and what to say about it if it kills its worker."""
 
-    t0 = time.perf_counter()
+    run: _SlideRun
+    fn: Callable
+    arg: object
+    what: str
+    retried: bool = False
+    counted: bool = False  # in its slide's `outstanding`
+
+
+def _start(job: SlideJob, out_dir: Path, params: TileParams, overwrite: bool) -> _SlideRun:
+    """A run for `job`; its row is already final when the slide needs no tiling (or cannot even be looked at)."""
     store_path = out_dir / f"{job.name}{FORMATS[params.fmt]}"
-    run = _SlideRun(job, ManifestRow(slide=str(job.path), status="ok"), t0)
+    run = _SlideRun(job, _row(job, "ok"), time.perf_counter(), store_path)
     try:
-        _remove_stale_temps(store_path)
+        remove_stale_temps(store_path)
         if not overwrite and (n := _is_up_to_date(store_path, job, params)) is not None:
-            run.row = ManifestRow(str(job.path), "skipped", n, 0.0, "", store_path.name)
-            return run
-        slide = _cached_slide(str(job.path), params.reader, job.mpp, job.fallback_mpp)
-        bounds = slide.bounds
-        extent = max(bounds[2], bounds[3])
-        thumb, thumb_ds = slide.thumbnail(math.ceil(extent / mask_downsample(extent, slide.mpp)), region=bounds)
-        mask = detect_tissue(thumb, mpp=slide.mpp * thumb_ds)
-        plan = plan_patches(
-            slide, params.mpp, params.patch_size, mask, thumb_ds, params.tissue_threshold, region=bounds
-        )
-        (out_dir / "qc").mkdir(exist_ok=True)
-        if max(thumb.shape[:2]) < QC_MIN_SIDE and thumb_ds > 1:
-            qc, qc_ds = slide.thumbnail(QC_MIN_SIDE, region=bounds)
-        else:
-            qc, qc_ds = _shrink(thumb, thumb_ds, QC_MAX_SIDE)
-        render_qc(qc, mask, plan, qc_ds, out_dir / "qc" / f"{job.name}.png", origin=bounds[:2])
-        attrs = store_attrs(job, slide, plan, params) | {"tissue_mask_mpp": float(slide.mpp * thumb_ds)}
-        run.writer = PatchStoreWriter(
-            store_path,
-            plan.coords,
-            plan.tissue_fraction,
-            plan.patch_size,
-            attrs,
-            params.fmt,
-            params.coords_only,
-            coords_attrs=reader_attrs(slide, plan),
-        )
-        run.plan = plan
-        run.row.store = store_path.name
-        run.row.n_patches = len(plan.coords)
-        if len(plan.coords) == 0:
-            print(f"warning: {job.path}: no tissue patches at threshold {params.tissue_threshold}", file=sys.stderr)
-        if not params.coords_only:
-            step = run.writer.shard
-            run.chunks = [(a, min(a + step, len(plan.coords))) for a in range(0, len(plan.coords), step)]
-    except Exception as err:  # noqa: BLE001 - this slide fails, the cohort goes on
+            run.row = _row(job, "skipped", n, store=store_path.name)
+            run.submitted_all = True
+    except Exception as err:  # noqa: BLE001 - e.g. the slide file vanished
         run.error = _one_line(err)
-        if run.writer is not None:
-            run.writer.abort()
-            run.writer = None
+        run.submitted_all = True
     return run
 
 
-def mask_downsample(extent: int, mpp: float) -> float:
-    """Level-0 pixels per tissue-mask pixel for a scanned area whose long side is `extent` level-0 pixels."""
-    ds = min(MASK_MPP / mpp, extent / MASK_MIN_SIDE)  # small slides: a finer mask costs little
-    return max(ds, MASK_FINEST_MPP / mpp, extent / MASK_MAX_SIDE, 1.0)
+def _row(job: SlideJob, status: str, n: int = 0, error: str = "", store: str = "") -> ManifestRow:
+    return ManifestRow(str(job.path), status, n, 0.0, error, store, dict(job.extra))
 
 
-def _shrink(image: np.ndarray, downsample: float, max_side: int) -> tuple[np.ndarray, float]:
-    """`image` reduced by a whole factor so that its long side is at most `max_side`; and its new downsample."""
-    from PIL import Image
+def _planned(run: _SlideRun, planned, params: TileParams) -> None:
+    """Create the store of a planned slide and cut its grid into chunks."""
+    plan = planned.plan
+    run.writer = PatchStoreWriter(
+        run.store_path,
+        plan.coords,
+        plan.tissue_fraction,
+        plan.patch_size,
+        planned.attrs,
+        params.fmt,
+        params.coords_only,
+        labels=planned.labels,
+        classes=planned.classes,
+        coords_attrs=planned.coords_attrs,
+    )
+    run.plan = plan
+    run.row.store = run.store_path.name
+    run.row.n_patches = len(plan.coords)
+    if not params.coords_only:
+        step = run.writer.shard
+        run.chunks = [(a, min(a + step, len(plan.coords))) for a in range(0, len(plan.coords), step)]
+    run.gen = _chunk_tasks(run, params)
 
-    factor = math.ceil(max(image.shape[:2]) / max_side)
-    if factor <= 1:
-        return image, downsample
-    return np.asarray(Image.fromarray(image).reduce(factor)), downsample * factor
 
-
-def _chunk_tasks(run: _SlideRun, params: TileParams) -> Iterator[ChunkTask]:
+def _chunk_tasks(run: _SlideRun, params: TileParams) -> Iterator[_Work]:
     zarr_images = str(run.writer.images_path) if params.fmt == "zarr" else None
     for a, b in run.chunks:
         if run.error:
             return
         sub = replace(run.plan, coords=run.plan.coords[a:b], tissue_fraction=run.plan.tissue_fraction[a:b])
-        yield ChunkTask(
+        task = ChunkTask(
             str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images, run.writer.shard, run.job.fallback_mpp
         )
+        yield _Work(run, read_chunk, task, f"reading patches {a}-{b - 1}")
 
 
 def _finish(run: _SlideRun) -> ManifestRow:
     """Close (or throw away) the slide's store and fill in its manifest row."""
+    run.finished = True
     if run.row.status == "skipped":
         return run.row
     if not run.error:
@@ -454,130 +275,265 @@ def _finish(run: _SlideRun) -> ManifestRow:
     if run.error:
         if run.writer is not None:
             run.writer.abort()
-        run.row = ManifestRow(str(run.job.path), "failed", 0, 0.0, run.error, "")
+        run.row = _row(run.job, "failed", error=run.error)
     run.row.seconds = time.perf_counter() - run.t0
     return run.row
 
 
+# ---------------------------------------------------------------------------------------------- the pool
+
+
 class _InlineExecutor:
-    """workers=1: run chunks in this process, through the same code path as the pool."""
+    """workers=0: run every task in this process, through the same code path as the pool."""
 
     def submit(self, fn, *args) -> Future:
         future: Future = Future()
         future.set_result(fn(*args))
         return future
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
+    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
         return None
 
 
-def _executor(workers: int):
-    if workers <= 1:
-        return _InlineExecutor()
-    # OpenSlide handles are not fork-safe: workers start clean (forkserver on Linux, spawn elsewhere).
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
-    for _ in range(workers):  # start the workers (and their imports) now, while the parent plans the first slide
-        pool.submit(_warm_up)
-    return pool
+class _Pool:
+    """A ProcessPoolExecutor that can be rebuilt after a worker died, and says how that worker died."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+        self.restarts = 0  # since the last task that came back
+        self._processes: dict = {}
+        self._start()
+
+    def _start(self) -> None:
+        if self.workers == 0:
+            self.executor = _InlineExecutor()
+            return
+        # OpenSlide handles are not fork-safe: workers start clean (forkserver on Linux, spawn elsewhere).
+        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
+        self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context(method))
+        for _ in range(self.workers):  # start the workers (and their imports) now
+            self.executor.submit(_warm_up)
+        self._processes = dict(getattr(self.executor, "_processes", None) or {})
+
+    def submit(self, fn, arg) -> Future:
+        return self.executor.submit(fn, arg)
+
+    def death(self) -> str:
+        """How the dead worker ended: 'was killed by SIGKILL (out of memory?)', 'exited with status 3', ..."""
+        processes = self._processes | dict(getattr(self.executor, "_processes", None) or {})
+        codes = [p.exitcode for p in processes.values() if p.exitcode not in (None, 0, -signal.SIGTERM)]
+        if not codes:
+            return "died"
+        code = codes[0]
+        if code > 0:
+            return f"exited with status {code}"
+        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
+        hint = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (a crash in native code)"}.get(-code, "")
+        return f"was killed by {name}{hint}"
+
+    def restart(self) -> None:
+        self.restarts += 1
+        if self.restarts > MAX_RESTARTS:
+            raise PathgenError(f"worker processes died {self.restarts} times in a row without finishing a task")
+        self.executor.shutdown(wait=True, cancel_futures=True)  # waits for the old workers to be gone
+        self._start()
+
+    def close(self) -> None:
+        self.executor.shutdown(wait=True, cancel_futures=True)
+
+
+MAX_RESTARTS = 20  # rebuilds of the pool in a row, no task coming back in between: workers cannot even start
 
 
 def _warm_up() -> None:
-    import pathgen.slide  # noqa: F401  (openslide, PIL, numpy)
-
-
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-        transient=False,
-    )
+    import pathgen.slide.planning  # noqa: F401  (openslide, PIL, numpy, scikit-image)
 
 
 # ---------------------------------------------------------------------------------------------- cohort
 
 
+class _Scheduler:
+    """Feeds plan and chunk tasks of all slides to the pool, in cohort order, and handles what comes back.
+
+    At most 2 x workers tasks are in flight (each chunk holds one shard of pixels) and at most max(2, workers)
+    slides are being planned or have chunks left to submit. After a worker died, the tasks that were in flight are
+    re-run one at a time, and normal feeding resumes only when all of them are through.
+    """
+
+    def __init__(self, jobs, out_dir: Path, params: TileParams, workers: int, overwrite: bool, on_row, bar):
+        self.pending = deque(jobs)
+        self.out_dir, self.params, self.overwrite, self.on_row, self.bar = out_dir, params, overwrite, on_row, bar
+        self.pool = _Pool(workers)
+        self.limit = 2 * max(1, workers)
+        self.lookahead = max(2, workers)
+        self.planning = 0  # slides whose plan task is out
+        self.active: deque[_SlideRun] = deque()  # planned slides with chunks left to submit
+        self.retry: deque[_Work] = deque()
+        self.in_flight: dict[Future, _Work] = {}
+        self.done_slides = 0
+        self.total = len(jobs)
+
+    def run(self) -> None:
+        try:
+            while True:
+                while len(self.in_flight) < self.limit and (work := self._next()) is not None:
+                    self._submit(work)
+                if not self.in_flight:
+                    if self.retry or self.pending or self.active:
+                        continue
+                    return
+                done, _ = wait(list(self.in_flight), return_when=FIRST_COMPLETED)
+                crashed = []
+                for future in done:
+                    work = self.in_flight.pop(future)
+                    try:
+                        result = future.result()
+                    except BrokenProcessPool:
+                        crashed.append(work)
+                        continue
+                    except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be unpickled
+                        result = ("error", _one_line(err)) if work.fn is plan_task else ("error", 0, _one_line(err))
+                    self.pool.restarts = 0
+                    self._handle(work, result)
+                if crashed:
+                    self._crashed(crashed)
+        finally:
+            self.pool.close()
+
+    # -- feeding
+
+    def _next(self) -> _Work | None:
+        if self.retry or any(w.retried for w in self.in_flight.values()):
+            # Re-running the suspects of a crash, alone, so that a second crash names its culprit.
+            while self.retry and not self.in_flight:
+                work = self.retry.popleft()
+                if not work.run.error:
+                    return work
+                self._drop(work)  # its slide failed meanwhile
+            return None
+        while self.pending and self.planning + len(self.active) < self.lookahead:
+            run = _start(self.pending.popleft(), self.out_dir, self.params, self.overwrite)
+            if run.submitted_all:  # skipped, or failed before planning
+                self._finish(run)
+                continue
+            self.planning += 1
+            task = PlanTask(run.job, self.params, str(self.out_dir / "qc"))
+            return _Work(run, plan_task, task, "planning the slide")
+        while self.active:
+            run = self.active[0]
+            work = next(run.gen, None)
+            if work is not None:
+                return work
+            self.active.popleft()
+            run.submitted_all = True
+            self._maybe_finish(run)
+        return None
+
+    def _submit(self, work: _Work) -> None:
+        if not work.counted:
+            work.run.outstanding += 1
+            work.counted = True
+        try:
+            future = self.pool.submit(work.fn, work.arg)
+        except BrokenProcessPool:  # the pool broke since the last wait(): this task never ran; try it again later
+            self.retry.appendleft(work)
+            if not self.in_flight:  # else the broken futures come back from wait() and the pool is rebuilt then
+                self.pool.restart()
+            return
+        self.in_flight[future] = work
+
+    # -- results
+
+    def _handle(self, work: _Work, result) -> None:
+        run = work.run
+        run.outstanding -= 1
+        if work.fn is plan_task:
+            self.planning -= 1
+            status, payload = result
+            if status == "error":
+                run.error = run.error or payload
+            elif not run.error:
+                try:
+                    _planned(run, payload, self.params)
+                    for notice in payload.notices:
+                        self.bar.write(notice, file=sys.stderr)
+                    self.active.append(run)
+                except Exception as err:  # noqa: BLE001 - e.g. the output disk is full
+                    run.error = _one_line(err)
+            if run.error or not run.chunks:
+                run.submitted_all = True
+                if run in self.active:
+                    self.active.remove(run)
+        else:
+            status, start, payload = result
+            if status == "error":
+                run.error = run.error or payload
+            elif not run.error:
+                try:
+                    if isinstance(payload, np.ndarray):
+                        run.writer.write(start, payload)
+                    else:
+                        run.writer.mark_written(start, payload)
+                except Exception as err:  # noqa: BLE001
+                    run.error = _one_line(err)
+                self.bar.update(payload if isinstance(payload, int) else len(payload))
+            if run.error and run in self.active:  # stop feeding a failed slide
+                self.active.remove(run)
+                run.submitted_all = True
+        self._maybe_finish(run)
+
+    def _crashed(self, crashed: list[_Work]) -> None:
+        """A worker died: every task in flight is a suspect; retry each once, alone, with a fresh pool."""
+        suspects = crashed + list(self.in_flight.values())
+        self.in_flight.clear()
+        death = self.pool.death()
+        self.pool.restart()
+        for work in suspects:
+            if work.retried and not work.run.error:
+                work.run.error = f"worker process {death} while {work.what}, twice"
+            if work.run.error:
+                self._drop(work)
+            else:
+                work.retried = True
+                self.retry.append(work)
+        self.bar.write(f"warning: a worker process {death}; retrying {len(self.retry)} task(s) one at a time",
+                       file=sys.stderr)  # fmt: skip
+
+    # -- finishing
+
+    def _drop(self, work: _Work) -> None:
+        """Give up a task whose slide has failed; none of that slide's other chunks are fed any more."""
+        run = work.run
+        run.outstanding -= 1
+        if work.fn is plan_task:
+            self.planning -= 1
+        if run in self.active:
+            self.active.remove(run)
+        run.submitted_all = True
+        self._maybe_finish(run)
+
+    def _maybe_finish(self, run: _SlideRun) -> None:
+        if run.submitted_all and run.outstanding == 0 and not run.finished:
+            self._finish(run)
+
+    def _finish(self, run: _SlideRun) -> None:
+        row = _finish(run)
+        self.done_slides += 1
+        self.on_row(row)
+        rate = f" ({row.n_patches / row.seconds:.0f} patches/s)" if row.status == "ok" and row.seconds > 0 else ""
+        what = {"ok": f"{row.n_patches} patches in {row.seconds:.1f} s{rate}", "skipped": "already tiled",
+                "failed": row.error}[row.status]  # fmt: skip
+        self.bar.write(f"{run.job.name}: {row.status}: {what} [{self.done_slides}/{self.total}]", file=sys.stderr)
+        self.bar.set_postfix_str(f"slides {self.done_slides}/{self.total}", refresh=False)
+
+
 def _run(jobs: Sequence[SlideJob], out_dir: Path, params: TileParams, workers: int, overwrite: bool, on_row):
     """Tile `jobs`, calling on_row(row) as each slide finishes (in completion order)."""
-    runs = iter(jobs)
-    active: list[_SlideRun] = []  # slides with chunks still to submit, in order
-    in_flight: dict[Future, _SlideRun] = {}
-    max_in_flight = 2 * max(1, workers)  # bounds memory: every chunk in flight holds one shard of pixels
+    from pathgen.runtime.progress import progress_bar
+
     try:
-        with _executor(workers) as pool, _progress() as bar:
-            cohort_task = bar.add_task("slides", total=len(jobs))
-
-            def finish(run: _SlideRun) -> None:
-                on_row(_finish(run))
-                if run.progress_task is not None:
-                    bar.remove_task(run.progress_task)
-                bar.advance(cohort_task)
-
-            def next_task() -> tuple[ChunkTask, _SlideRun] | None:
-                while True:
-                    while active:
-                        run = active[0]
-                        task = next(run.gen, None)
-                        if task is not None:
-                            return task, run
-                        active.pop(0)
-                        run.submitted_all = True
-                        if run.outstanding == 0:
-                            finish(run)
-                    job = next(runs, None)
-                    if job is None:
-                        return None
-                    run = _plan_slide(job, out_dir, params, overwrite)
-                    if run.row.status == "skipped" or run.error or not run.chunks:
-                        finish(run)
-                        continue
-                    run.progress_task = bar.add_task(job.name, total=len(run.plan.coords))
-                    run.gen = _chunk_tasks(run, params)
-                    active.append(run)
-
-            exhausted = False
-            while not exhausted or in_flight:
-                while not exhausted and len(in_flight) < max_in_flight:
-                    item = next_task()
-                    if item is None:
-                        exhausted = True
-                        break
-                    task, run = item
-                    run.outstanding += 1
-                    in_flight[pool.submit(read_chunk, task)] = run
-                if not in_flight:
-                    continue
-                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                for future in done:
-                    run = in_flight.pop(future)
-                    run.outstanding -= 1
-                    try:
-                        status, start, payload = future.result()
-                    except Exception as err:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
-                        status, start, payload = "error", 0, _one_line(err)
-                    if status == "error":
-                        run.error = run.error or payload
-                    elif not run.error:
-                        if isinstance(payload, np.ndarray):
-                            run.writer.write(start, payload)
-                        n = payload if isinstance(payload, int) else len(payload)
-                        bar.advance(run.progress_task, n)
-                    if run.error and run in active:  # stop feeding a failed slide
-                        active.remove(run)
-                        run.submitted_all = True
-                    if run.submitted_all and run.outstanding == 0:
-                        finish(run)
+        with progress_bar(desc="tile", unit="patch", file=sys.stderr) as bar:
+            _Scheduler(jobs, out_dir, params, workers, overwrite, on_row, bar).run()
     finally:
         _close_cached_slides()
 
@@ -601,22 +557,28 @@ def tile_cohort(
 
     slides: files, folders or CSV lists (see `list_slides`). A slide that fails is recorded in the manifest and
     the others carry on; finished stores from an earlier run with the same slide file and parameters are skipped.
+    workers: processes reading slides (0: all in this process, without protection against a crashing reader).
+    shard (I, N): this array task's slides, chosen by a stable hash of each slide's name.
     """
     if isinstance(slides, str | Path):
         slides = [slides]
     if fmt not in FORMATS:
         raise ConfigError(None, f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if mpp <= 0 or patch_size < 1 or workers < 1 or not 0 <= tissue_threshold <= 1:
-        raise ConfigError(None, "need mpp > 0, patch size >= 1, workers >= 1 and 0 <= tissue threshold <= 1")
+    if mpp <= 0 or patch_size < 1 or workers < 0 or not 0 <= tissue_threshold <= 1:
+        raise ConfigError(None, "need mpp > 0, patch size >= 1, workers >= 0 and 0 <= tissue threshold <= 1")
     if slide_mpp is not None and slide_mpp <= 0:
         raise ConfigError(None, f"--slide-mpp must be positive, got {slide_mpp}")
     index, count = shard
     if not 0 <= index < count:
         raise ConfigError(None, f"shard {index}/{count}: need 0 <= I < N")
+    from pathgen.slide.reader import check_reader
+
+    if (why := check_reader(reader)) is not None:  # once, up front, not slide by slide
+        raise ConfigError(None, why)
     out_dir = Path(out_dir)
+    jobs = [j for j in list_slides(slides, slide_mpp, out_dir) if shard_of(j, count) == index]
     out_dir.mkdir(parents=True, exist_ok=True)
     params = TileParams(mpp, patch_size, fmt, tissue_threshold, coords_only, reader)
-    jobs = list_slides(slides, slide_mpp, out_dir)[index::count]
 
     manifest = out_dir / manifest_name(shard)
     rows: dict[str, ManifestRow] = {}
@@ -632,25 +594,3 @@ def tile_cohort(
     write_manifest(manifest, ordered)
     summary_path(manifest).write_text(summarize(ordered, time.perf_counter() - t0), encoding="utf-8")
     return manifest
-
-
-def tile_slide(
-    slide: str | Path,
-    out_dir: str | Path,
-    *,
-    params: TileParams = TileParams(),
-    workers: int = 1,
-    slide_mpp: float | None = None,
-    overwrite: bool = False,
-) -> ManifestRow:
-    """Tile one slide into `out_dir` (no manifest is written); returns its manifest row."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[ManifestRow] = []
-    _run([SlideJob(Path(slide), slide_mpp)], out_dir, params, workers, overwrite, rows.append)
-    return rows[0]
-
-
-def summary_path(manifest: Path) -> Path:
-    """summary.txt beside manifest.csv (summary.shard-I-of-N.txt beside manifest.shard-I-of-N.csv)."""
-    return manifest.with_name(manifest.name.replace("manifest", "summary", 1).removesuffix(".csv") + ".txt")

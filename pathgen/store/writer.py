@@ -8,12 +8,15 @@ Layout (both formats):
 Attributes sit on the root (pathgen's own: `patch_size` is the stored side) and on `coords`, where CLAM and TRIDENT
 read them; `coords_attrs` override the root's there (CLAM's `patch_size` is the side read at `patch_level`).
 
-The store is written under `<name>.tmp-<pid>` and renamed into place by `close()` after the `complete`
-attribute is set, so a killed run never leaves anything that `open_store` accepts.
+The store is written under `<name>.tmp-<host>-<pid>` and renamed into place by `close()` once every patch is in,
+the `complete` attribute is set and the files are flushed to disk (fsync), so neither a killed run nor a crashed
+machine leaves anything that `open_store` accepts. Several machines may share the output folder: a temp name
+says whose it is, and only temps of this host's dead processes count as stale.
 """
 
 import os
 import shutil
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +37,57 @@ def shard_patches(patch_size: int) -> int:
     return int(min(1024, 2 ** int(np.log2(n))))
 
 
+def _host() -> str:
+    return socket.gethostname().replace("/", "_") or "localhost"
+
+
 def temp_path(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    """`<name>.tmp-<host>-<pid>`: unique across the machines of a cluster writing into one folder."""
+    return path.with_name(f"{path.name}.tmp-{_host()}-{os.getpid()}")
+
+
+def remove_stale_temps(path: Path) -> None:
+    """Delete temps of `path` left by killed runs on this host (their pid is gone); never another host's, whose
+    processes cannot be checked from here, nor a live process's."""
+    host = _host()
+    for tmp in path.parent.glob(f"{path.name}.tmp-*"):
+        owner, _, pid = tmp.name[len(path.name) + len(".tmp-") :].rpartition("-")
+        if owner not in (host, "") or not pid.isdigit():  # "": the host-less names of pathgen 0.1
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue  # still running
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue  # someone else's live process
+        remove_path(tmp)
+
+
+def fsync_tree(path: Path) -> None:
+    """Flush a file, or every file and folder under a directory, to disk (whichever process wrote them)."""
+    paths = [path] if path.is_file() else [Path(root, n) for root, _, files in os.walk(path) for n in files]
+    for p in paths:
+        with open(p, "rb") as f:
+            os.fsync(f.fileno())
+    if path.is_dir():
+        for root, _, _ in os.walk(path):
+            fsync_dir(Path(root))
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or new entry in `path` durable (a no-op where directories cannot be opened, e.g. Windows)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def remove_path(path: Path) -> None:
@@ -101,6 +153,7 @@ class PatchStoreWriter:
             attrs["classes"] = list(classes)
         self.attrs = clean_attrs(attrs)
         self.coords_attrs = clean_attrs({**attrs, **(coords_attrs or {})})
+        self._written = np.zeros(self.n, dtype=bool)
         remove_path(self.tmp)
         if self.format == "zarr":
             self._create_zarr(coords, tissue_fraction, labels)
@@ -161,18 +214,34 @@ class PatchStoreWriter:
         if self.coords_only:
             return
         self._root["images"][start : start + len(images)] = images
+        self.mark_written(start, len(images))
+
+    def mark_written(self, start: int, count: int) -> None:
+        """Record that patches start..start+count-1 are on disk (written here, or by another process)."""
+        self._written[start : start + count] = True
+
+    def _check_complete(self) -> None:
+        if self.coords_only:
+            return
+        missing = np.flatnonzero(~self._written)
+        if len(missing):
+            # Unwritten Zarr patches would read back as white glass, HDF5 ones as black: never call that complete.
+            raise StoreError(self.path, f"{len(missing)} of {self.n} patches were never written (first: {missing[0]})")
 
     def close(self) -> Path:
-        """Mark the store complete and move it to its final name (replacing an older store there)."""
-        if self.format == "zarr":
-            self._root.attrs["complete"] = True
-            self._root["coords"].attrs["complete"] = True
-        else:
-            self._root.attrs["complete"] = True
-            self._root["coords"].attrs["complete"] = True
+        """Mark the store complete and move it to its final name (replacing an older store there).
+
+        Refuses (StoreError, nothing renamed) when any patch was never written.
+        """
+        self._check_complete()
+        self._root.attrs["complete"] = True
+        self._root["coords"].attrs["complete"] = True
+        if self.format == "h5":
             self._root.close()
+        fsync_tree(self.tmp)  # the data must be on disk before the name says it is finished
         remove_path(self.path)
         os.replace(self.tmp, self.path)
+        fsync_dir(self.path.parent)
         return self.path
 
     def abort(self) -> None:

@@ -1,0 +1,148 @@
+"""Plan one slide: find its tissue, lay the patch grid, draw the QC picture, describe the store to write.
+
+`plan_slide` runs in a worker process (a native crash in OpenSlide while reading the thumbnail takes down that
+worker, not the run) and returns a `SlidePlan`: coordinates and attributes only, small enough to send back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from pathgen.slide.grid import PatchPlan, plan_patches
+from pathgen.slide.qc import render_qc
+from pathgen.slide.tissue import MASK_MPP, detect_tissue
+
+# The tissue mask: MASK_MPP um per pixel (16 px across a 256 px patch at 0.5 mpp), finer on small slides so their
+# long side has MASK_MIN_SIDE px (but never finer than MASK_FINEST_MPP, where smoothing radii in um grow costly),
+# coarser on huge ones so it never exceeds MASK_MAX_SIDE (memory, and the time to read and decode it). The QC
+# picture is the mask's thumbnail, shrunk to at most QC_MAX_SIDE, or a finer one of QC_MIN_SIDE for small slides.
+MASK_FINEST_MPP = 1.0
+MASK_MIN_SIDE = 1024
+MASK_MAX_SIDE = 4096
+QC_MIN_SIDE = 1024
+QC_MAX_SIDE = 2048
+
+
+@dataclass
+class SlidePlan:
+    """What the parent needs to create a slide's store: the patch plan and the store's attributes."""
+
+    plan: PatchPlan
+    attrs: dict
+    coords_attrs: dict
+    labels: np.ndarray | None = None
+    classes: list[str] | None = None
+    notices: list[str] = field(default_factory=list)  # one-line notes for the log
+
+
+def mask_downsample(extent: int, mpp: float) -> float:
+    """Level-0 pixels per tissue-mask pixel for a scanned area whose long side is `extent` level-0 pixels."""
+    ds = min(MASK_MPP / mpp, extent / MASK_MIN_SIDE)  # small slides: a finer mask costs little
+    return max(ds, MASK_FINEST_MPP / mpp, extent / MASK_MAX_SIDE, 1.0)
+
+
+def _shrink(image: np.ndarray, downsample: float, max_side: int) -> tuple[np.ndarray, float]:
+    """`image` reduced by a whole factor so that its long side is at most `max_side`; and its new downsample."""
+    from PIL import Image
+
+    factor = math.ceil(max(image.shape[:2]) / max_side)
+    if factor <= 1:
+        return image, downsample
+    return np.asarray(Image.fromarray(image).reduce(factor)), downsample * factor
+
+
+def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
+    """Tissue mask, patch plan, QC picture (qc_dir/<name>.png) and store attributes of one open slide."""
+    bounds = slide.bounds
+    extent = max(bounds[2], bounds[3])
+    thumb, thumb_ds = slide.thumbnail(math.ceil(extent / mask_downsample(extent, slide.mpp)), region=bounds)
+    mask_mpp = slide.mpp * thumb_ds
+    mask = detect_tissue(thumb, mpp=mask_mpp)
+    plan = plan_patches(slide, params.mpp, params.patch_size, mask, thumb_ds, params.tissue_threshold, region=bounds)
+    qc_dir.mkdir(parents=True, exist_ok=True)
+    if max(thumb.shape[:2]) < QC_MIN_SIDE and thumb_ds > 1:
+        qc, qc_ds = slide.thumbnail(QC_MIN_SIDE, region=bounds)
+    else:
+        qc, qc_ds = _shrink(thumb, thumb_ds, QC_MAX_SIDE)
+    render_qc(qc, mask, plan, qc_ds, qc_dir / f"{job.name}.png", origin=bounds[:2])
+    notices = []
+    if len(plan) == 0:
+        notices.append(f"warning: {job.path}: no tissue patches at threshold {params.tissue_threshold}")
+    attrs = store_attrs(job, slide, plan, params) | {"tissue_mask_mpp": float(mask_mpp)}
+    return SlidePlan(plan, attrs, reader_attrs(slide, plan), notices=notices)
+
+
+def _magnification(value: float) -> float | int:
+    value = round(value, 3)
+    return int(value) if float(value).is_integer() else value
+
+
+def level0_magnification(slide) -> int:
+    """The nominal objective of level 0, a whole number: the slide's objective power, unless its mpp was overridden
+    (then 10 / mpp, 0.25 um/px being the usual 40x), and 10 / mpp where the slide records no power."""
+    if slide.objective_power is not None and slide.mpp_source != "override":
+        return max(1, round(slide.objective_power))
+    return max(1, round(10.0 / slide.mpp))
+
+
+def store_attrs(job, slide, plan: PatchPlan, params) -> dict:
+    """Root attributes of one slide's store: provenance and pathgen's description of the patches."""
+    from pathgen import __version__
+
+    stat = job.path.stat()
+    level0_mag = level0_magnification(slide)
+    downsample = float(slide.level_downsamples[plan.level])
+    return {
+        "name": job.name,
+        "slide_path": str(job.path.resolve()),
+        "slide_size": stat.st_size,
+        "slide_mtime": stat.st_mtime,
+        "slide_format": slide.format,
+        "reader": slide.reader,
+        "mpp_level0": float(slide.mpp),
+        "mpp_source": slide.mpp_source,
+        "mpp_override": job.mpp,
+        "objective_power": slide.objective_power,
+        "target_mpp": float(plan.target_mpp),
+        "patch_size_level0": int(plan.patch_size_level0),
+        "level0_width": int(slide.dimensions[0]),
+        "level0_height": int(slide.dimensions[1]),
+        "level0_bounds": [int(v) for v in slide.bounds],
+        "level0_magnification": level0_mag,
+        "target_magnification": _magnification(level0_mag * slide.mpp / plan.target_mpp),
+        "overlap": 0,
+        "patch_level": int(plan.level),
+        "read_size": int(plan.read_size),
+        "downsample": [downsample, downsample],
+        "level_dim": [int(v) for v in slide.level_dimensions[plan.level]],
+        "downsampled_level_dim": [int(v) for v in slide.level_dimensions[plan.level]],
+        "tissue_threshold": float(params.tissue_threshold),
+        "pathgen_version": __version__,
+    }
+
+
+def reader_attrs(slide, plan: PatchPlan) -> dict:
+    """The `coords` attributes CLAM and TRIDENT read, describing the same level-0 square for both.
+
+    CLAM reads `read_region(coord, patch_level, (patch_size,) * 2)`: there `patch_size` is the side read at
+    `patch_level`, not the stored side, and resizing to `target_patch_size` (CLAM's --target_patch_size) gives
+    the stored patch. TRIDENT reads `patch_size` pixels at `target_magnification` over
+    `patch_size * level0_magnification / target_magnification` level-0 pixels, so `target_magnification` here
+    is the magnification of the pixels read at `patch_level`; it equals the stored patches' magnification whenever
+    the target resolution is a pyramid level (read size = patch size). `custom_downsample` stays 1: TRIDENT's
+    legacy reader multiplies the read area by it, while CLAM takes it from its command line, never from the file.
+    """
+    level0_mag = level0_magnification(slide)
+    return {
+        "patch_size": int(plan.read_size),
+        "patch_level": int(plan.level),
+        "custom_downsample": 1,
+        "target_patch_size": int(plan.patch_size),
+        "patch_size_level0": int(plan.patch_size_level0),
+        "level0_magnification": level0_mag,
+        "target_magnification": _magnification(level0_mag * plan.read_size / plan.patch_size_level0),
+    }
