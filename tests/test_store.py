@@ -262,3 +262,19 @@ def test_close_syncs_the_data_before_the_rename(tmp_path, monkeypatch):
     assert any(p.endswith("/images/c/0/0/0/0") for p in synced) and any(p.endswith("zarr.json") for p in synced)
     assert ("fsync", str(tmp_path.resolve())) in events[renamed:]  # the rename itself
 
+
+def test_store_reads_the_same_without_zarrs_private_modules(tmp_path, monkeypatch):
+    """The fast shard reader leans on zarr.core (private); if it moves, reading falls back to zarr's public API."""
+    import sys
+
+    images = np.random.default_rng(2).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    with PatchStoreWriter(tmp_path / "s.zarr", np.zeros((6, 2)), np.ones(6), 8, {}) as w:
+        w.write(0, images)
+    with open_store(tmp_path / "s.zarr") as store:
+        assert store._fast is not None
+        np.testing.assert_array_equal(np.stack([store[i] for i in range(6)]), images)
+    monkeypatch.setitem(sys.modules, "zarr.core.chunk_key_encodings", None)  # import now raises ImportError
+    with open_store(tmp_path / "s.zarr") as store:
+        assert store._fast is None
+        np.testing.assert_array_equal(np.stack([store[i] for i in range(6)]), images)
+        np.testing.assert_array_equal(store.read([5, 0]), images[[5, 0]])

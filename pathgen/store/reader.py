@@ -30,7 +30,11 @@ class ShardedImages:
     @classmethod
     def for_array(cls, path: Path, images) -> "ShardedImages | None":
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-        from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+
+        try:  # zarr.core is zarr's private package: where it moves, Zarr's own (public) reading path takes over
+            from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+        except ImportError:
+            return None
 
         md = images.metadata
         codecs = getattr(md, "codecs", ())
