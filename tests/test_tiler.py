@@ -252,3 +252,14 @@ def test_stale_temps_are_only_this_hosts_dead_ones(demo_slide, tmp_path):
     from pathgen.store.writer import temp_path
 
     assert temp_path(tmp_path / name).name == f"{name}.tmp-{host}-{os.getpid()}"
+
+
+def test_a_fluorescence_slide_is_refused_with_a_reason(tmp_path):
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 12, (384, 512, 3), dtype=np.uint8)  # dark background with bright labelled cells
+    for y, x in rng.integers(20, 360, (40, 2)):
+        dark[y : y + 8, x : x + 8] = (30, 220, 60)
+    Image.fromarray(dark).save(tmp_path / "fluo.png")
+    (tmp_path / "list.csv").write_text("slide,mpp\nfluo.png,0.5\n")
+    rows = _rows(tile_cohort([tmp_path / "list.csv"], tmp_path / "out", **TILE))
+    assert rows["fluo.png"].status == "failed" and "fluorescence" in rows["fluo.png"].error

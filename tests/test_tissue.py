@@ -100,3 +100,39 @@ def test_sizes_are_in_microns_whatever_the_mask_resolution(mpp):
     mask = detect_tissue(img, mpp=mpp, smooth_um=0)
     row = mask[30 * px]
     assert row[30 * px : 33 * px].all() and not row[60 * px : 71 * px].any()
+
+
+def _mask_res_ihc(shape) -> np.ndarray:
+    """The IHC micrograph as an 8 um/px mask sees it: 16x area-averaged."""
+    from PIL import Image
+
+    ihc = np.tile(data.immunohistochemistry(), (5, 5, 1))
+    small = np.asarray(Image.fromarray(ihc).reduce(16))
+    return np.ascontiguousarray(small[: shape[0], : shape[1]])
+
+
+def test_pen_marks_black_ink_and_padding_are_not_tissue():
+    from pathgen.slide.tissue import segment_tissue
+
+    img = _glass((200, 320))
+    img[40:160, 40:200] = _mask_res_ihc((120, 160))
+    img[:, 300:] = 0  # black scanner padding
+    img[90:110, 20:260] = (40, 160, 80)  # a green marker stroke, across glass and tissue
+    img[20:32, 220:290] = (30, 60, 170)  # a blue one on glass
+    img[170:182, 40:200] = (25, 25, 30)  # black ink under the tissue
+    result = segment_tissue(img)
+    tissue, pen = result.tissue, result.pen
+    for stroke in (np.s_[90:110, 20:260], np.s_[20:32, 220:290], np.s_[170:182, 40:200], np.s_[:, 300:]):
+        assert not tissue[stroke].any() and pen[stroke].all()
+    assert not tissue[:, 280:].any()  # no rim of 'tissue' where padding meets glass
+    assert tissue[45:85, 45:195].mean() > 0.95 and tissue[115:155, 45:195].mean() > 0.95
+
+
+def test_no_pen_is_found_on_stained_tissue(demo_slide):
+    from pathgen.slide.tissue import segment_tissue
+
+    with open_slide(demo_slide) as slide:
+        thumb, ds = slide.thumbnail(max_side=256)
+    assert segment_tissue(thumb, mpp=0.25 * ds).pen.mean() < 0.001
+    assert not segment_tissue(_pale_he()).pen.any()
+    assert not segment_tissue(_mask_res_ihc((120, 160))).pen.any()

@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pathgen.errors import SlideError
 from pathgen.slide.grid import PatchPlan, plan_patches
 from pathgen.slide.qc import render_qc
-from pathgen.slide.tissue import MASK_MPP, detect_tissue
+from pathgen.slide.tissue import MASK_MPP, is_dark_background, segment_tissue
 
 # The tissue mask: MASK_MPP um per pixel (16 px across a 256 px patch at 0.5 mpp), finer on small slides so their
 # long side has MASK_MIN_SIDE px (but never finer than MASK_FINEST_MPP, where smoothing radii in um grow costly),
@@ -61,7 +62,10 @@ def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
     extent = max(bounds[2], bounds[3])
     thumb, thumb_ds = slide.thumbnail(math.ceil(extent / mask_downsample(extent, slide.mpp)), region=bounds)
     mask_mpp = slide.mpp * thumb_ds
-    mask = detect_tissue(thumb, mpp=mask_mpp)
+    if is_dark_background(thumb):
+        raise SlideError(slide.path, "mostly dark: fluorescence or dark-field? tissue detection needs brightfield")
+    found = segment_tissue(thumb, mpp=mask_mpp)
+    mask = found.tissue
     plan = plan_patches(slide, params.mpp, params.patch_size, mask, thumb_ds, params.tissue_threshold, region=bounds)
     qc_dir.mkdir(parents=True, exist_ok=True)
     if max(thumb.shape[:2]) < QC_MIN_SIDE and thumb_ds > 1:

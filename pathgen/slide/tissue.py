@@ -8,18 +8,61 @@ half) gives an empty mask; and it never rises above `max_threshold`, so a slide 
 saturated tissue does not push pale tissue into the background. The glass's saturation is measured on bright,
 unsaturated pixels, not on Otsu's lower class: on a slide that is mostly tissue, Otsu splits pale from dark
 tissue, and its lower class is pale tissue.
+
+Artefacts are found first, on the unsmoothed pixels, and taken out before anything is measured: marker pen by
+hue (green and blue inks are hues no stain has; red pen shares eosin's and is not caught), black ink and
+scanner padding by being dark and grey. `segment_tissue` returns them beside the tissue for the QC picture.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
 MASK_MPP = 8.0  # um per mask pixel: 16 mask px across a 256 px patch at 0.5 mpp
+# Pen inks, in HSV (hue in turns): stains are pink to purple (0.7-1.0, 0-0.05), brown DAB (0.03-0.12) and
+# hematoxylin blue-purple (0.6-0.8, rarely above 0.5 saturation at mask resolution; the demo's dense, restained
+# lesions sit at 0.70-0.74). Green and cyan inks have hues no stain has; blue ink is a purer, more saturated blue.
+GREEN_PEN = ((0.20, 0.50), 0.3)  # (hue range, minimum saturation)
+BLUE_PEN = ((0.55, 0.67), 0.6)
+BLACK_VALUE, BLACK_SATURATION = 0.3, 0.3  # darker and greyer than tissue: black ink, padding
+PEN_HALO_UM = 8.0  # ink fades into glass at a stroke's edge; those pixels are pen too
+# Brightfield slides are mostly bright glass or stained tissue; a median this dark is a dark background.
+DARK_BACKGROUND_VALUE = 0.3
 
 
-def detect_tissue(
+@dataclass
+class TissueMask:
+    tissue: np.ndarray  # bool [H, W]
+    pen: np.ndarray  # bool [H, W]: marker pen, black ink and black padding, never tissue
+
+
+def is_dark_background(thumb_rgb: np.ndarray) -> bool:
+    """True for a fluorescence or dark-field image: most of it is dark, where a brightfield slide's glass is white."""
+    return float(np.median(thumb_rgb[..., :3].max(axis=-1))) / 255 < DARK_BACKGROUND_VALUE
+
+
+def find_pen(hsv: np.ndarray, mpp: float = MASK_MPP) -> np.ndarray:
+    """Marker pen (green, blue), black ink and black padding, with their fading edges."""
+    from scipy import ndimage
+
+    hue, sat, val = hsv[..., 0], hsv[..., 1], hsv[..., 2]
+    pen = (val < BLACK_VALUE) & (sat < BLACK_SATURATION)
+    for (lo, hi), min_sat in (GREEN_PEN, BLUE_PEN):
+        pen |= (hue >= lo) & (hue <= hi) & (sat >= min_sat)
+    if pen.any() and PEN_HALO_UM / mpp >= 0.5:
+        pen = ndimage.distance_transform_edt(~pen) <= PEN_HALO_UM / mpp
+    return pen
+
+
+def detect_tissue(thumb_rgb: np.ndarray, mpp: float = MASK_MPP, **kwargs) -> np.ndarray:
+    """Boolean tissue mask with the thumbnail's H x W (see `segment_tissue`)."""
+    return segment_tissue(thumb_rgb, mpp, **kwargs).tissue
+
+
+def segment_tissue(
     thumb_rgb: np.ndarray,
     mpp: float = MASK_MPP,
     min_saturation: float = 0.04,
@@ -30,8 +73,8 @@ def detect_tissue(
     closing_um: float = 16.0,
     min_object_um2: float = 10_000.0,
     min_hole_um2: float = 10_000.0,
-) -> np.ndarray:
-    """Boolean tissue mask with the thumbnail's H x W; `mpp` is the thumbnail's microns per pixel.
+) -> TissueMask:
+    """Tissue and pen masks with the thumbnail's H x W; `mpp` is the thumbnail's microns per pixel.
 
     Sizes are in microns, so a mask means the same at any thumbnail resolution:
     - min_saturation / max_threshold: clamp Otsu's saturation threshold into this range.
@@ -40,7 +83,7 @@ def detect_tissue(
     - smooth_um: Gaussian blur (sigma) of saturation first, so pale stroma between stained nuclei reads as
       tissue and glass noise averages out.
     - dark_value: pixels darker than this HSV value count as tissue even if unsaturated (dense, grey tissue),
-      unless they are near black (< 0.1), which is scanner padding or pen.
+      unless they are black (see `find_pen`).
     - closing_um: radius of the disk that joins tissue fragments closer than about twice this.
     - min_object_um2 / min_hole_um2: smaller objects are dust and are removed; smaller holes are filled
       (0.01 mm^2 is a 100 um square, 60% of a 256 px patch at 0.5 mpp: a larger hole gives glass patches).
@@ -52,7 +95,9 @@ def detect_tissue(
     if not mpp > 0:
         raise ValueError(f"mpp must be positive, got {mpp}")
     hsv = color.rgb2hsv(thumb_rgb[..., :3])
-    sat, val = hsv[..., 1], hsv[..., 2]
+    pen = find_pen(hsv, mpp)
+    # Pen reads as glass from here on: its saturation must not spill into the smoothing nor sway Otsu.
+    sat, val = np.where(pen, 0.0, hsv[..., 1]), np.where(pen, 1.0, hsv[..., 2])
     if smooth_um > 0:
         sat = filters.gaussian(sat, sigma=smooth_um / mpp)
         val = filters.gaussian(val, sigma=smooth_um / mpp)
@@ -61,12 +106,13 @@ def detect_tissue(
     glass = glass_saturation(sat, val, otsu)
     floor = max(min_saturation, glass + background_margin)
     threshold = float(min(max(otsu, floor), max(max_threshold, floor)))
-    mask = (sat > threshold) | ((val < dark_value) & (val > 0.1))
+    mask = ((sat > threshold) | (val < dark_value)) & ~pen
 
     mask = close_disk(mask, closing_um / mpp)
     px_area = mpp * mpp
     mask = morphology.remove_small_objects(mask, max_size=max(1, int(min_object_um2 / px_area)))
-    return fill_small_holes(mask, max(1, int(min_hole_um2 / px_area)))
+    mask = fill_small_holes(mask, max(1, int(min_hole_um2 / px_area)))
+    return TissueMask(mask & ~pen, pen)
 
 
 def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
