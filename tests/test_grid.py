@@ -100,9 +100,10 @@ def test_render_qc_draws_contour_and_grid(tmp_path, slide_and_mask):
     plan = plan_patches(slide, 0.5, 64, mask, ds, 0.5)
     out = tmp_path / "qc dir" / "slïde.png"
     render_qc(thumb, mask, plan, ds, out)
+    from pathgen.slide.qc import CONTOUR_COLOUR, GRID_COLOUR, LEGEND_HEIGHT
+
     img = np.asarray(Image.open(out).convert("RGB"))
-    assert img.shape == thumb.shape
-    from pathgen.slide.qc import CONTOUR_COLOUR, GRID_COLOUR
+    assert img.shape == (thumb.shape[0] + LEGEND_HEIGHT, *thumb.shape[1:])  # the legend strip below
 
     assert (img == CONTOUR_COLOUR).all(-1).sum() > 100
     # every kept patch's top-left corner carries the grid colour

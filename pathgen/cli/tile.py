@@ -16,8 +16,26 @@ def tile(
         show_default=False,
     ),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder for the stores, manifest.csv, summary.txt, qc/."),
-    mpp: float = typer.Option(0.5, "--mpp", help="Target resolution in microns per pixel (0.5 ~ 20x, 0.25 ~ 40x)."),
+    mpp: float | None = typer.Option(
+        None, "--mpp", help="Target resolution in microns per pixel (0.5 ~ 20x, 0.25 ~ 40x); default 0.5."
+    ),
+    magnification: float | None = typer.Option(
+        None,
+        "--magnification",
+        help="Target magnification instead of --mpp, e.g. 20: each slide is scaled by its level-0 magnification "
+        "(objective power, else 10 / mpp), so slides without an mpp but with a power are tiled right.",
+    ),
     patch_size: int = typer.Option(256, "--patch-size", help="Patch side in pixels at the target resolution."),
+    overlap: int = typer.Option(
+        0, "--overlap", help="Pixels (at the target resolution) neighbouring patches share, as in TRIDENT."
+    ),
+    roi: Path | None = typer.Option(
+        None,
+        "--roi",
+        help="Folder of GeoJSON annotations (QuPath export), <slide>.geojson each: patches only inside the "
+        "annotated regions, labelled with their class names; 'Tissue' features replace the detected tissue "
+        "(qc/<slide>.geojson is such a file).",
+    ),
     fmt: str = typer.Option("zarr", "--format", help="Store format: zarr (v3, sharded) or h5 (CLAM/TRIDENT layout)."),
     workers: int = typer.Option(
         1,
@@ -49,7 +67,8 @@ def tile(
 
     Tissue is found on a thumbnail; patches with enough tissue are read row-major from the best pyramid level.
 
-    Writes <out>/<slide>.zarr (or .h5), <out>/qc/<slide>.png, manifest.csv and summary.txt.
+    Writes <out>/<slide>.zarr (or .h5), <out>/qc/<slide>.png (QC picture), <out>/qc/<slide>.geojson (tissue
+    contours, for QuPath), manifest.csv and summary.txt.
 
     Re-running skips slides already tiled with the same parameters and retries failed ones.
 
@@ -62,7 +81,9 @@ def tile(
         slides,
         out,
         mpp=mpp,
+        magnification=magnification,
         patch_size=patch_size,
+        overlap=overlap,
         fmt=fmt,
         workers=workers,
         shard=parse_shard(shard),
@@ -70,6 +91,7 @@ def tile(
         coords_only=coords_only,
         reader=reader,
         slide_mpp=slide_mpp,
+        roi=roi,
         overwrite=overwrite,
     )
     typer.echo(summary_path(manifest).read_text(encoding="utf-8"), nl=False)

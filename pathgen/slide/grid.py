@@ -72,8 +72,11 @@ def plan_patches(
     mask_downsample: float,
     threshold: float,
     region: tuple[int, int, int, int] | None = None,
+    overlap: int = 0,
 ) -> PatchPlan:
-    """Non-overlapping grid of whole patches inside `region`, kept where tissue fraction >= threshold.
+    """Grid of whole patches inside `region`, kept where tissue fraction >= threshold.
+
+    Neighbouring patches share `overlap` pixels at the target resolution (TRIDENT's convention; 0: none).
 
     `region` is the level-0 (x, y, w, h) the grid covers (default: the whole slide; the tiler passes
     `slide.bounds`, the scanned area), and its top-left corner is the grid's first patch. `mask` is a tissue
@@ -93,9 +96,12 @@ def plan_patches(
     level = slide.best_level_for_downsample(scale)
     read_size = max(1, round(ps0 / slide.level_downsamples[level]))
 
+    if not 0 <= overlap < patch_size:
+        raise SlideError(slide.path, f"overlap must be 0 <= overlap < patch size {patch_size}, got {overlap}")
+    step = max(1, ps0 - round(overlap * scale))  # level-0 pixels between neighbouring patches
     x0, y0, width, height = region if region is not None else (0, 0, *slide.dimensions)
-    ys = np.arange(y0, y0 + height - ps0 + 1, ps0, dtype=np.int64)
-    xs = np.arange(x0, x0 + width - ps0 + 1, ps0, dtype=np.int64)
+    ys = np.arange(y0, y0 + height - ps0 + 1, step, dtype=np.int64)
+    xs = np.arange(x0, x0 + width - ps0 + 1, step, dtype=np.int64)
     yy, xx = np.meshgrid(ys, xs, indexing="ij")  # ij: y is the slow axis -> row-major order
     coords = np.stack([xx.ravel(), yy.ravel()], axis=1)
     frac = tissue_fractions(mask, mask_downsample, coords, ps0, (x0, y0))

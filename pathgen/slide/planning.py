@@ -7,7 +7,7 @@ worker, not the run) and returns a `SlidePlan`: coordinates and attributes only,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -56,28 +56,74 @@ def _shrink(image: np.ndarray, downsample: float, max_side: int) -> tuple[np.nda
     return np.asarray(Image.fromarray(image).reduce(factor)), downsample * factor
 
 
+ROI_MIN_FRACTION = 0.5  # a patch is in the region of interest when at least half of it is
+
+
+def target_mpp(slide, params) -> float:
+    """--mpp, or the mpp of --magnification on this slide: level 0's magnification (objective power, or 10 / mpp)
+    over the one asked for, so a slide without an mpp but with an objective power gets the right scale too."""
+    if params.magnification is None:
+        return float(params.mpp)
+    return float(slide.mpp * level0_magnification(slide) / params.magnification)
+
+
+def roi_file(folder: Path, job) -> Path:
+    """The slide's annotation file in the --roi folder: <name>.geojson (or .json), else <file stem>.geojson."""
+    from pathgen.slide.annotations import find_annotation_file
+
+    path = find_annotation_file(Path(folder), job.name, job.path.stem)
+    if path is None:
+        raise SlideError(job.path, f"no {job.name}.geojson in the --roi folder {folder}")
+    return path
+
+
 def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
-    """Tissue mask, patch plan, QC picture (qc_dir/<name>.png) and store attributes of one open slide."""
+    """Tissue mask, patch plan, QC picture (qc_dir/<name>.png), tissue contours (qc_dir/<name>.geojson) and store
+    attributes of one open slide."""
+    from pathgen.slide.annotations import rasterize, read_annotations, tissue_geojson, write_geojson
+    from pathgen.slide.grid import tissue_fractions
+
     bounds = slide.bounds
+    origin = bounds[:2]
     extent = max(bounds[2], bounds[3])
     thumb, thumb_ds = slide.thumbnail(math.ceil(extent / mask_downsample(extent, slide.mpp)), region=bounds)
     mask_mpp = slide.mpp * thumb_ds
     if is_dark_background(thumb):
         raise SlideError(slide.path, "mostly dark: fluorescence or dark-field? tissue detection needs brightfield")
     found = segment_tissue(thumb, mpp=mask_mpp)
-    mask = found.tissue
-    plan = plan_patches(slide, params.mpp, params.patch_size, mask, thumb_ds, params.tissue_threshold, region=bounds)
+    tissue, roi, extra = found.tissue, None, {}
+    if params.roi is not None:
+        path = roi_file(params.roi, job)
+        roi = rasterize(read_annotations(path), tissue.shape, thumb_ds, origin)
+        if roi.tissue is not None:  # tissue drawn (or corrected) by hand replaces what was detected
+            tissue = roi.tissue
+        extra = {"roi_path": str(path.resolve()), "roi_mtime": path.stat().st_mtime}
+    plan = plan_patches(slide, target_mpp(slide, params), params.patch_size, tissue, thumb_ds,
+                        params.tissue_threshold, region=bounds, overlap=params.overlap)  # fmt: skip
+    labels = classes = None
+    if roi is not None and roi.region is not None:
+        inside = tissue_fractions(roi.region, thumb_ds, plan.coords, plan.patch_size_level0, origin)
+        keep = inside >= ROI_MIN_FRACTION
+        plan = replace(plan, coords=plan.coords[keep], tissue_fraction=plan.tissue_fraction[keep])
+        if roi.classes:  # each patch gets the class covering most of it, -1 where none does
+            cover = np.stack([tissue_fractions(m, thumb_ds, plan.coords, plan.patch_size_level0, origin)
+                              for m in roi.class_masks]) if len(plan) else np.zeros((len(roi.classes), 0))  # fmt: skip
+            labels = np.where(cover.max(0, initial=0) > 0, cover.argmax(0), -1).astype(np.int64)
+            classes = roi.classes
+
     qc_dir.mkdir(parents=True, exist_ok=True)
     if max(thumb.shape[:2]) < QC_MIN_SIDE and thumb_ds > 1:
         qc, qc_ds = slide.thumbnail(QC_MIN_SIDE, region=bounds)
     else:
         qc, qc_ds = _shrink(thumb, thumb_ds, QC_MAX_SIDE)
-    render_qc(qc, mask, plan, qc_ds, qc_dir / f"{job.name}.png", origin=bounds[:2])
+    render_qc(qc, tissue, plan, qc_ds, qc_dir / f"{job.name}.png", origin=origin, pen=found.pen,
+              roi=roi.region if roi is not None else None)  # fmt: skip
+    write_geojson(qc_dir / f"{job.name}.geojson", tissue_geojson(tissue, thumb_ds, origin))
     notices = []
     if len(plan) == 0:
         notices.append(f"warning: {job.path}: no tissue patches at threshold {params.tissue_threshold}")
-    attrs = store_attrs(job, slide, plan, params) | {"tissue_mask_mpp": float(mask_mpp)}
-    return SlidePlan(plan, attrs, reader_attrs(slide, plan), notices=notices)
+    attrs = store_attrs(job, slide, plan, params) | {"tissue_mask_mpp": float(mask_mpp)} | extra
+    return SlidePlan(plan, attrs, reader_attrs(slide, plan, params.overlap), labels, classes, notices)
 
 
 def _magnification(value: float) -> float | int:
@@ -118,7 +164,8 @@ def store_attrs(job, slide, plan: PatchPlan, params) -> dict:
         "level0_bounds": [int(v) for v in slide.bounds],
         "level0_magnification": level0_mag,
         "target_magnification": _magnification(level0_mag * slide.mpp / plan.target_mpp),
-        "overlap": 0,
+        "overlap": int(params.overlap),  # pixels at the target resolution
+        "tile_magnification": params.magnification,  # what was asked for, when by magnification
         "patch_level": int(plan.level),
         "read_size": int(plan.read_size),
         "downsample": [downsample, downsample],
@@ -129,7 +176,7 @@ def store_attrs(job, slide, plan: PatchPlan, params) -> dict:
     }
 
 
-def reader_attrs(slide, plan: PatchPlan) -> dict:
+def reader_attrs(slide, plan: PatchPlan, overlap: int = 0) -> dict:
     """The `coords` attributes CLAM and TRIDENT read, describing the same level-0 square for both.
 
     CLAM reads `read_region(coord, patch_level, (patch_size,) * 2)`: there `patch_size` is the side read at
@@ -149,4 +196,5 @@ def reader_attrs(slide, plan: PatchPlan) -> dict:
         "patch_size_level0": int(plan.patch_size_level0),
         "level0_magnification": level0_mag,
         "target_magnification": _magnification(level0_mag * plan.read_size / plan.patch_size_level0),
+        "overlap": round(overlap * plan.read_size / plan.patch_size),  # in the frame of patch_size above
     }

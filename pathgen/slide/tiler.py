@@ -37,12 +37,15 @@ __all__ = ["TileParams", "tile_cohort", "list_slides", "parse_shard", "summary_p
 
 @dataclass(frozen=True)
 class TileParams:
-    mpp: float = 0.5
+    mpp: float | None = 0.5  # None: by magnification
     patch_size: int = 256
     fmt: str = "zarr"
     tissue_threshold: float = 0.5
     coords_only: bool = False
     reader: str = "openslide"
+    magnification: float | None = None
+    overlap: int = 0
+    roi: str | None = None  # folder of GeoJSON annotations, one per slide
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -162,13 +165,26 @@ def _is_up_to_date(store_path: Path, job: SlideJob, params: TileParams) -> int |
     wanted = {
         "slide_size": stat.st_size,
         "slide_mtime": stat.st_mtime,
-        "target_mpp": float(params.mpp),
+        "tile_magnification": params.magnification,
         "patch_size": params.patch_size,
+        "overlap": params.overlap,
         "tissue_threshold": float(params.tissue_threshold),
         "coords_only": params.coords_only,
         "reader": params.reader,
         "mpp_override": job.mpp,
+        "roi_path": None,
+        "roi_mtime": None,
     }
+    if params.mpp is not None:
+        wanted["target_mpp"] = float(params.mpp)
+    if params.roi is not None:  # re-tile when the annotations change
+        from pathgen.slide.planning import roi_file
+
+        try:
+            roi = roi_file(params.roi, job)
+        except PathgenError:
+            return None
+        wanted.update(roi_path=str(roi.resolve()), roi_mtime=roi.stat().st_mtime)
     if attrs.get("mpp_source") == "fallback" and attrs.get("mpp_level0") != job.fallback_mpp:
         return None  # tiled with another --slide-mpp, which this slide did use
     return n if all(attrs.get(k) == v for k, v in wanted.items()) else None
@@ -542,8 +558,10 @@ def tile_cohort(
     slides,
     out_dir,
     *,
-    mpp: float = 0.5,
+    mpp: float | None = None,
+    magnification: float | None = None,
     patch_size: int = 256,
+    overlap: int = 0,
     fmt: str = "zarr",
     workers: int = 1,
     shard: tuple[int, int] = (0, 1),
@@ -551,21 +569,37 @@ def tile_cohort(
     coords_only: bool = False,
     reader: str = "openslide",
     slide_mpp: float | None = None,
+    roi: str | Path | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Tile every slide of this shard into `out_dir`; returns the manifest path. summary.txt sits beside it.
 
     slides: files, folders or CSV lists (see `list_slides`). A slide that fails is recorded in the manifest and
     the others carry on; finished stores from an earlier run with the same slide file and parameters are skipped.
+    mpp / magnification: the target resolution, one or the other (default 0.5 um/px); by magnification, each
+    slide's own level-0 magnification (objective power, else 10 / mpp) sets the scale.
+    overlap: pixels at the target resolution that neighbouring patches share.
     workers: processes reading slides (0: all in this process, without protection against a crashing reader).
     shard (I, N): this array task's slides, chosen by a stable hash of each slide's name.
+    roi: a folder of GeoJSON files (QuPath's export), <slide name>.geojson each: patches only inside their
+    regions, labelled with their class names; "Tissue" features replace the detected tissue.
     """
     if isinstance(slides, str | Path):
         slides = [slides]
     if fmt not in FORMATS:
         raise ConfigError(None, f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if mpp <= 0 or patch_size < 1 or workers < 0 or not 0 <= tissue_threshold <= 1:
-        raise ConfigError(None, "need mpp > 0, patch size >= 1, workers >= 0 and 0 <= tissue threshold <= 1")
+    if mpp is not None and magnification is not None:
+        raise ConfigError(None, "give --mpp or --magnification, not both")
+    if mpp is None and magnification is None:
+        mpp = 0.5
+    if (mpp is not None and mpp <= 0) or (magnification is not None and magnification <= 0):
+        raise ConfigError(None, f"--mpp and --magnification must be positive, got {mpp or magnification}")
+    if patch_size < 1 or workers < 0 or not 0 <= tissue_threshold <= 1:
+        raise ConfigError(None, "need patch size >= 1, workers >= 0 and 0 <= tissue threshold <= 1")
+    if not 0 <= overlap < patch_size:
+        raise ConfigError(None, f"--overlap must be at least 0 and less than the patch size, got {overlap}")
+    if roi is not None and not Path(roi).is_dir():
+        raise ConfigError(roi, "--roi takes a folder of GeoJSON files, one per slide (<slide name>.geojson)")
     if slide_mpp is not None and slide_mpp <= 0:
         raise ConfigError(None, f"--slide-mpp must be positive, got {slide_mpp}")
     index, count = shard
@@ -578,7 +612,8 @@ def tile_cohort(
     out_dir = Path(out_dir)
     jobs = [j for j in list_slides(slides, slide_mpp, out_dir) if shard_of(j, count) == index]
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = TileParams(mpp, patch_size, fmt, tissue_threshold, coords_only, reader)
+    roi = str(Path(roi).resolve()) if roi is not None else None
+    params = TileParams(mpp, patch_size, fmt, tissue_threshold, coords_only, reader, magnification, overlap, roi)
 
     manifest = out_dir / manifest_name(shard)
     rows: dict[str, ManifestRow] = {}
