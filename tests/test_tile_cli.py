@@ -60,7 +60,7 @@ def test_help_lists_the_options():
     result = runner.invoke(app, ["tile", "--help"])
     assert result.exit_code == 0
     for option in ("--mpp", "--patch-size", "--format", "--workers", "--shard", "--tissue-threshold", "--coords-only",
-                   "--reader", "--slide-mpp", "--overwrite"):  # fmt: skip
+                   "--reader", "--slide-mpp", "--overwrite", "--magnification", "--overlap", "--roi"):  # fmt: skip
         assert option in result.output
 
 

@@ -71,7 +71,7 @@ def segment_tissue(
     background_margin: float = 0.02,
     smooth_um: float = 4.0,
     closing_um: float = 16.0,
-    min_object_um2: float = 10_000.0,
+    min_object_um2: float = 1_000.0,
     min_hole_um2: float = 10_000.0,
 ) -> TissueMask:
     """Tissue and pen masks with the thumbnail's H x W; `mpp` is the thumbnail's microns per pixel.
@@ -85,8 +85,9 @@ def segment_tissue(
     - dark_value: pixels darker than this HSV value count as tissue even if unsaturated (dense, grey tissue),
       unless they are black (see `find_pen`).
     - closing_um: radius of the disk that joins tissue fragments closer than about twice this.
-    - min_object_um2 / min_hole_um2: smaller objects are dust and are removed; smaller holes are filled
-      (0.01 mm^2 is a 100 um square, 60% of a 256 px patch at 0.5 mpp: a larger hole gives glass patches).
+    - min_object_um2: smaller objects (0.001 mm^2, a 32 um square: a few cells) are dust and are removed.
+    - min_hole_um2: smaller enclosed holes are filled (0.01 mm^2 is a 100 um square, 60% of a 256 px patch at
+      0.5 mpp: a larger hole gives glass patches).
     """
     from skimage import color, filters, morphology
 
