@@ -20,11 +20,13 @@ from pathgen.slide.tissue import MASK_MPP, is_dark_background, segment_tissue
 # The tissue mask: MASK_MPP um per pixel (16 px across a 256 px patch at 0.5 mpp), finer on small slides so their
 # long side has MASK_MIN_SIDE px (but never finer than MASK_FINEST_MPP, where smoothing radii in um grow costly),
 # coarser on huge ones so it never exceeds MASK_MAX_SIDE (memory, and the time to read and decode it). The QC
-# picture is the mask's thumbnail, shrunk to at most QC_MAX_SIDE, or a finer one of QC_MIN_SIDE for small slides.
+# picture is the mask's thumbnail, shrunk to at most QC_MAX_SIDE, or, when that is under QC_MIN_SIDE (small slides),
+# a finer one of QC_SIDE.
 MASK_FINEST_MPP = 1.0
 MASK_MIN_SIDE = 1024
 MASK_MAX_SIDE = 4096
-QC_MIN_SIDE = 1024
+QC_MIN_SIDE = 512
+QC_SIDE = 1024
 QC_MAX_SIDE = 2048
 
 
@@ -113,7 +115,7 @@ def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
 
     qc_dir.mkdir(parents=True, exist_ok=True)
     if max(thumb.shape[:2]) < QC_MIN_SIDE and thumb_ds > 1:
-        qc, qc_ds = slide.thumbnail(QC_MIN_SIDE, region=bounds)
+        qc, qc_ds = slide.thumbnail(QC_SIDE, region=bounds)
     else:
         qc, qc_ds = _shrink(thumb, thumb_ds, QC_MAX_SIDE)
     render_qc(qc, tissue, plan, qc_ds, qc_dir / f"{job.name}.png", origin=origin, pen=found.pen,
