@@ -149,6 +149,10 @@ def test_overlap_in_pixels_at_the_target_resolution(demo_slide, tmp_path):
     assert set(np.diff(xs)) == {48}  # 32 - 8 = 24 target px = 48 level-0 px apart, each patch 64 wide
     assert len(xs) == (1024 - 64) // 48 + 1
     assert attrs["overlap"] == 8
+    import zarr
+
+    coords_attrs = zarr.open_group(tmp_path / f"{demo_slide.stem}.zarr", mode="r")["coords"].attrs
+    assert coords_attrs["overlap"] == 16  # TRIDENT's frame: pixels of the 64 px read at level 0
     with pytest.raises(ConfigError, match="overlap"):
         tile_cohort([demo_slide], tmp_path / "x", overlap=32, **TILE)
 
