@@ -33,3 +33,12 @@ class CheckpointError(FileError):
 
 class EncoderError(FileError):
     """An exported encoder's weights or metadata are missing or unreadable."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error as a manifest cell: one line of at most 500 characters, without the path the row already names."""
+    text = str(err) if isinstance(err, PathgenError) else f"{type(err).__name__}: {err}"
+    prefix = f"{getattr(err, 'path', None)}: "
+    if text.startswith(prefix):
+        text = text[len(prefix) :]
+    return " ".join(text.split())[:500]

@@ -13,24 +13,19 @@ culprit: only its slide fails, with a one-line reason, and the rest of the cohor
 everything in this process, without that protection (for debugging).
 """
 
-import multiprocessing
-import signal
 import sys
 import time
-from collections import OrderedDict, deque
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, field, replace
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pathgen.errors import ConfigError, PathgenError, StoreError
+from pathgen.errors import ConfigError, one_line
 from pathgen.slide.discovery import SlideJob, list_slides, parse_shard, shard_of
 from pathgen.store.manifest import ManifestRow, manifest_name, summarize, summary_path, write_manifest
-from pathgen.store.reader import open_store
-from pathgen.store.writer import FORMATS, PatchStoreWriter, remove_stale_temps, write_images_shard
+from pathgen.store.writer import FORMATS, write_images_shard
 
 __all__ = ["TileParams", "tile_cohort", "list_slides", "parse_shard", "summary_path"]
 
@@ -118,16 +113,7 @@ def read_chunk(task: ChunkTask) -> tuple[str, int, object]:
         write_images_shard(task.images_path, task.start, batch, task.shard)
         return "ok", task.start, len(batch)
     except Exception as err:  # noqa: BLE001 - any failure fails this slide only, with a one-line reason
-        return "error", task.start, _one_line(err)
-
-
-def _one_line(err: BaseException) -> str:
-    """The manifest's error cell: one line, without repeating the slide path the row already names."""
-    text = str(err) if isinstance(err, PathgenError) else f"{type(err).__name__}: {err}"
-    prefix = f"{getattr(err, 'path', None)}: "
-    if text.startswith(prefix):
-        text = text[len(prefix) :]
-    return " ".join(text.split())[:500]
+        return "error", task.start, one_line(err)
 
 
 # ---------------------------------------------------------------------------------------------- planning
@@ -149,407 +135,23 @@ def plan_task(task: PlanTask) -> tuple[str, object]:
         slide = _cached_slide(str(job.path), task.params.reader, job.mpp, job.fallback_mpp)
         return "ok", plan_slide(slide, job, task.params, Path(task.qc_dir))
     except Exception as err:  # noqa: BLE001 - this slide fails, the cohort goes on
-        return "error", _one_line(err)
+        return "error", one_line(err)
 
 
-def _is_up_to_date(store_path: Path, job: SlideJob, params: TileParams) -> int | None:
-    """n_patches of a finished store made from this very slide file with these parameters, else None."""
-    if not store_path.exists():
-        return None
-    try:
-        with open_store(store_path) as store:
-            attrs, n = store.attrs, len(store)
-    except StoreError:
-        return None
-    stat = job.path.stat()
-    wanted = {
-        "slide_size": stat.st_size,
-        "slide_mtime": stat.st_mtime,
-        "tile_magnification": params.magnification,
-        "patch_size": params.patch_size,
-        "overlap": params.overlap,
-        "tissue_threshold": float(params.tissue_threshold),
-        "coords_only": params.coords_only,
-        "reader": params.reader,
-        "mpp_override": job.mpp,
-        "roi_path": None,
-        "roi_mtime": None,
-    }
-    if params.mpp is not None:
-        wanted["target_mpp"] = float(params.mpp)
-    if params.roi is not None:  # re-tile when the annotations change
-        from pathgen.slide.planning import roi_file
-
-        try:
-            roi = roi_file(params.roi, job)
-        except PathgenError:
-            return None
-        wanted.update(roi_path=str(roi.resolve()), roi_mtime=roi.stat().st_mtime)
-    if attrs.get("mpp_source") == "fallback" and attrs.get("mpp_level0") != job.fallback_mpp:
-        return None  # tiled with another --slide-mpp, which this slide did use
-    return n if all(attrs.get(k) == v for k, v in wanted.items()) else None
-
-
-# ---------------------------------------------------------------------------------------------- one slide
-
-
-@dataclass
-class _SlideRun:
-    """A slide being tiled: its writer, plan and how many of its tasks are still out."""
-
-    job: SlideJob
-    row: ManifestRow
-    t0: float
-    store_path: Path
-    writer: PatchStoreWriter | None = None
-    plan: object = None
-    outstanding: int = 0  # tasks submitted or waiting for a retry
-    submitted_all: bool = False
-    finished: bool = False
-    error: str = ""
-    chunks: list = field(default_factory=list)  # (start, stop) patch ranges, one Zarr shard each
-    gen: Iterator | None = None
-
-
-@dataclass
-class _Work:
-    """One task for the pool, and what to say about it if it kills its worker."""
-
-    run: _SlideRun
-    fn: Callable
-    arg: object
-    what: str
-    retried: bool = False
-    counted: bool = False  # in its slide's `outstanding`
-
-
-def _start(job: SlideJob, out_dir: Path, params: TileParams, overwrite: bool) -> _SlideRun:
-    """A run for `job`; its row is already final when the slide needs no tiling (or cannot even be looked at)."""
-    store_path = out_dir / f"{job.name}{FORMATS[params.fmt]}"
-    run = _SlideRun(job, _row(job, "ok"), time.perf_counter(), store_path)
-    try:
-        remove_stale_temps(store_path)
-        if not overwrite and (n := _is_up_to_date(store_path, job, params)) is not None:
-            run.row = _row(job, "skipped", n, store=store_path.name)
-            run.submitted_all = True
-    except Exception as err:  # noqa: BLE001 - e.g. the slide file vanished
-        run.error = _one_line(err)
-        run.submitted_all = True
-    return run
-
-
-def _row(job: SlideJob, status: str, n: int = 0, error: str = "", store: str = "") -> ManifestRow:
-    return ManifestRow(str(job.path), status, n, 0.0, error, store, dict(job.extra))
-
-
-def _planned(run: _SlideRun, planned, params: TileParams) -> None:
-    """Create the store of a planned slide and cut its grid into chunks."""
-    plan = planned.plan
-    run.writer = PatchStoreWriter(
-        run.store_path,
-        plan.coords,
-        plan.tissue_fraction,
-        plan.patch_size,
-        planned.attrs,
-        params.fmt,
-        params.coords_only,
-        labels=planned.labels,
-        classes=planned.classes,
-        coords_attrs=planned.coords_attrs,
-    )
-    run.plan = plan
-    run.row.store = run.store_path.name
-    run.row.n_patches = len(plan.coords)
-    if not params.coords_only:
-        step = run.writer.shard
-        run.chunks = [(a, min(a + step, len(plan.coords))) for a in range(0, len(plan.coords), step)]
-    run.gen = _chunk_tasks(run, params)
-
-
-def _chunk_tasks(run: _SlideRun, params: TileParams) -> Iterator[_Work]:
-    zarr_images = str(run.writer.images_path) if params.fmt == "zarr" else None
-    for a, b in run.chunks:
-        if run.error:
-            return
-        sub = replace(run.plan, coords=run.plan.coords[a:b], tissue_fraction=run.plan.tissue_fraction[a:b])
-        task = ChunkTask(
-            str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images, run.writer.shard, run.job.fallback_mpp
-        )
-        yield _Work(run, read_chunk, task, f"reading patches {a}-{b - 1}")
-
-
-def _finish(run: _SlideRun) -> ManifestRow:
-    """Close (or throw away) the slide's store and fill in its manifest row."""
-    run.finished = True
-    if run.row.status == "skipped":
-        return run.row
-    if not run.error:
-        try:
-            run.writer.close()
-        except Exception as err:  # noqa: BLE001
-            run.error = _one_line(err)
-    if run.error:
-        if run.writer is not None:
-            run.writer.abort()
-        run.row = _row(run.job, "failed", error=run.error)
-    run.row.seconds = time.perf_counter() - run.t0
-    return run.row
-
-
-# ---------------------------------------------------------------------------------------------- the pool
-
-
-class _InlineExecutor:
-    """workers=0: run every task in this process, through the same code path as the pool."""
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
-
-    def shutdown(self, wait: bool = True, cancel_futures: bool = False) -> None:
-        return None
-
-
-class _Pool:
-    """A ProcessPoolExecutor that can be rebuilt after a worker died, and says how that worker died."""
-
-    def __init__(self, workers: int):
-        self.workers = workers
-        self.restarts = 0  # since the last task that came back
-        self._processes: dict = {}
-        self._start()
-
-    def _start(self) -> None:
-        if self.workers == 0:
-            self.executor = _InlineExecutor()
-            return
-        # OpenSlide handles are not fork-safe: workers start clean (forkserver on Linux, spawn elsewhere).
-        method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-        self.executor = ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context(method))
-        for _ in range(self.workers):  # start the workers (and their imports) now
-            self.executor.submit(_warm_up)
-        self._processes = dict(getattr(self.executor, "_processes", None) or {})
-
-    def submit(self, fn, arg) -> Future:
-        return self.executor.submit(fn, arg)
-
-    def death(self) -> str:
-        """How the dead worker ended: 'was killed by SIGKILL (out of memory?)', 'exited with status 3', ..."""
-        processes = self._processes | dict(getattr(self.executor, "_processes", None) or {})
-        codes = [p.exitcode for p in processes.values() if p.exitcode not in (None, 0, -signal.SIGTERM)]
-        if not codes:
-            return "died"
-        code = codes[0]
-        if code > 0:
-            return f"exited with status {code}"
-        name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"
-        hint = {signal.SIGKILL: " (out of memory?)", signal.SIGSEGV: " (a crash in native code)"}.get(-code, "")
-        return f"was killed by {name}{hint}"
-
-    def restart(self) -> None:
-        self.restarts += 1
-        if self.restarts > MAX_RESTARTS:
-            raise PathgenError(f"worker processes died {self.restarts} times in a row without finishing a task")
-        self.executor.shutdown(wait=True, cancel_futures=True)  # waits for the old workers to be gone
-        self._start()
-
-    def close(self) -> None:
-        self.executor.shutdown(wait=True, cancel_futures=True)
-
-
-MAX_RESTARTS = 20  # rebuilds of the pool in a row, no task coming back in between: workers cannot even start
-
-
-def _warm_up() -> None:
+def warm_up() -> None:
+    """What every worker imports before its first task."""
     import pathgen.slide.planning  # noqa: F401  (openslide, PIL, numpy, scikit-image)
 
 
 # ---------------------------------------------------------------------------------------------- cohort
 
 
-class _Scheduler:
-    """Feeds plan and chunk tasks of all slides to the pool, in cohort order, and handles what comes back.
-
-    At most 2 x workers tasks are in flight (each chunk holds one shard of pixels) and at most max(2, workers)
-    slides are being planned or have chunks left to submit. After a worker died, the tasks that were in flight are
-    re-run one at a time, and normal feeding resumes only when all of them are through.
-    """
-
-    def __init__(self, jobs, out_dir: Path, params: TileParams, workers: int, overwrite: bool, on_row, bar):
-        self.pending = deque(jobs)
-        self.out_dir, self.params, self.overwrite, self.on_row, self.bar = out_dir, params, overwrite, on_row, bar
-        self.pool = _Pool(workers)
-        self.limit = 2 * max(1, workers)
-        self.lookahead = max(2, workers)
-        self.planning = 0  # slides whose plan task is out
-        self.active: deque[_SlideRun] = deque()  # planned slides with chunks left to submit
-        self.retry: deque[_Work] = deque()
-        self.in_flight: dict[Future, _Work] = {}
-        self.done_slides = 0
-        self.total = len(jobs)
-
-    def run(self) -> None:
-        try:
-            while True:
-                while len(self.in_flight) < self.limit and (work := self._next()) is not None:
-                    self._submit(work)
-                if not self.in_flight:
-                    if self.retry or self.pending or self.active:
-                        continue
-                    return
-                done, _ = wait(list(self.in_flight), return_when=FIRST_COMPLETED)
-                crashed = []
-                for future in done:
-                    work = self.in_flight.pop(future)
-                    try:
-                        result = future.result()
-                    except BrokenProcessPool:
-                        crashed.append(work)
-                        continue
-                    except Exception as err:  # noqa: BLE001 - e.g. a result that cannot be unpickled
-                        result = ("error", _one_line(err)) if work.fn is plan_task else ("error", 0, _one_line(err))
-                    self.pool.restarts = 0
-                    self._handle(work, result)
-                if crashed:
-                    self._crashed(crashed)
-        finally:
-            self.pool.close()
-
-    # -- feeding
-
-    def _next(self) -> _Work | None:
-        if self.retry or any(w.retried for w in self.in_flight.values()):
-            # Re-running the suspects of a crash, alone, so that a second crash names its culprit.
-            while self.retry and not self.in_flight:
-                work = self.retry.popleft()
-                if not work.run.error:
-                    return work
-                self._drop(work)  # its slide failed meanwhile
-            return None
-        while self.pending and self.planning + len(self.active) < self.lookahead:
-            run = _start(self.pending.popleft(), self.out_dir, self.params, self.overwrite)
-            if run.submitted_all:  # skipped, or failed before planning
-                self._finish(run)
-                continue
-            self.planning += 1
-            task = PlanTask(run.job, self.params, str(self.out_dir / "qc"))
-            return _Work(run, plan_task, task, "planning the slide")
-        while self.active:
-            run = self.active[0]
-            work = next(run.gen, None)
-            if work is not None:
-                return work
-            self.active.popleft()
-            run.submitted_all = True
-            self._maybe_finish(run)
-        return None
-
-    def _submit(self, work: _Work) -> None:
-        if not work.counted:
-            work.run.outstanding += 1
-            work.counted = True
-        try:
-            future = self.pool.submit(work.fn, work.arg)
-        except BrokenProcessPool:  # the pool broke since the last wait(): this task never ran; try it again later
-            self.retry.appendleft(work)
-            if not self.in_flight:  # else the broken futures come back from wait() and the pool is rebuilt then
-                self.pool.restart()
-            return
-        self.in_flight[future] = work
-
-    # -- results
-
-    def _handle(self, work: _Work, result) -> None:
-        run = work.run
-        run.outstanding -= 1
-        if work.fn is plan_task:
-            self.planning -= 1
-            status, payload = result
-            if status == "error":
-                run.error = run.error or payload
-            elif not run.error:
-                try:
-                    _planned(run, payload, self.params)
-                    for notice in payload.notices:
-                        self.bar.write(notice, file=sys.stderr)
-                    self.active.append(run)
-                except Exception as err:  # noqa: BLE001 - e.g. the output disk is full
-                    run.error = _one_line(err)
-            if run.error or not run.chunks:
-                run.submitted_all = True
-                if run in self.active:
-                    self.active.remove(run)
-        else:
-            status, start, payload = result
-            if status == "error":
-                run.error = run.error or payload
-            elif not run.error:
-                try:
-                    if isinstance(payload, np.ndarray):
-                        run.writer.write(start, payload)
-                    else:
-                        run.writer.mark_written(start, payload)
-                except Exception as err:  # noqa: BLE001
-                    run.error = _one_line(err)
-                self.bar.update(payload if isinstance(payload, int) else len(payload))
-            if run.error and run in self.active:  # stop feeding a failed slide
-                self.active.remove(run)
-                run.submitted_all = True
-        self._maybe_finish(run)
-
-    def _crashed(self, crashed: list[_Work]) -> None:
-        """A worker died: every task in flight is a suspect; retry each once, alone, with a fresh pool."""
-        suspects = crashed + list(self.in_flight.values())
-        self.in_flight.clear()
-        death = self.pool.death()
-        self.pool.restart()
-        for work in suspects:
-            if work.retried and not work.run.error:
-                work.run.error = f"worker process {death} while {work.what}, twice"
-            if work.run.error:
-                self._drop(work)
-            else:
-                work.retried = True
-                self.retry.append(work)
-        self.bar.write(f"warning: a worker process {death}; retrying {len(self.retry)} task(s) one at a time",
-                       file=sys.stderr)  # fmt: skip
-
-    # -- finishing
-
-    def _drop(self, work: _Work) -> None:
-        """Give up a task whose slide has failed; none of that slide's other chunks are fed any more."""
-        run = work.run
-        run.outstanding -= 1
-        if work.fn is plan_task:
-            self.planning -= 1
-        if run in self.active:
-            self.active.remove(run)
-        run.submitted_all = True
-        self._maybe_finish(run)
-
-    def _maybe_finish(self, run: _SlideRun) -> None:
-        if run.submitted_all and run.outstanding == 0 and not run.finished:
-            self._finish(run)
-
-    def _finish(self, run: _SlideRun) -> None:
-        row = _finish(run)
-        self.done_slides += 1
-        self.on_row(row)
-        rate = f" ({row.n_patches / row.seconds:.0f} patches/s)" if row.status == "ok" and row.seconds > 0 else ""
-        what = {"ok": f"{row.n_patches} patches in {row.seconds:.1f} s{rate}", "skipped": "already tiled",
-                "failed": row.error}[row.status]  # fmt: skip
-        self.bar.write(f"{run.job.name}: {row.status}: {what} [{self.done_slides}/{self.total}]", file=sys.stderr)
-        self.bar.set_postfix_str(f"slides {self.done_slides}/{self.total}", refresh=False)
-
-
 def _run(jobs: Sequence[SlideJob], out_dir: Path, params: TileParams, workers: int, overwrite: bool, on_row):
     """Tile `jobs`, calling on_row(row) as each slide finishes (in completion order)."""
-    from pathgen.runtime.progress import progress_bar
+    from pathgen.slide.scheduler import run_cohort
 
-    try:
-        with progress_bar(desc="tile", unit="patch", file=sys.stderr) as bar:
-            _Scheduler(jobs, out_dir, params, workers, overwrite, on_row, bar).run()
+    try:  # the tasks are this module's: looked up as they run, so a test may swap one for a dying stand-in
+        run_cohort(jobs, out_dir, params, workers, overwrite, on_row, sys.modules[__name__])
     finally:
         _close_cached_slides()
 
