@@ -42,6 +42,7 @@ def cohort(demo_slides, tmp_path, monkeypatch):
     return folder
 
 
+@pytest.mark.slow  # ~6-12 s each: a pool of 2, rebuilt twice
 @pytest.mark.parametrize(
     "name, fake, reason",
     [
