@@ -19,6 +19,7 @@ def test_info_prints_format_levels_mpp_and_power(demo_slide):
     assert "1024 x 768" in out
     assert "0: 1024x768 (/1), 1: 256x192 (/4)" in out
     assert "0.25 (metadata)" in out and "40x" in out
+    assert "tifffile" in out  # the reader that decodes it
 
 
 def test_info_slide_mpp_override_and_plain_image(tmp_path):

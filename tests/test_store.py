@@ -1,11 +1,13 @@
 """Patch stores: round trip against OpenSlide, CLAM/TRIDENT attributes, atomicity, find_stores."""
 
+import io
 from pathlib import Path
 
 import h5py
 import numpy as np
 import openslide
 import pytest
+from PIL import Image
 
 import pathgen.store.writer as store_writer
 from pathgen.errors import StoreError
@@ -61,7 +63,9 @@ def test_attrs_include_provenance_and_clam_trident(tiled, demo_slide):
     assert attrs["level0_width"] == 1024 and attrs["level0_height"] == 768
     assert attrs["level0_magnification"] == 40 and attrs["target_magnification"] == 40
     assert attrs["patch_level"] == 0 and attrs["downsample"] == [1.0, 1.0]
-    assert attrs["reader"] == "openslide" and attrs["schema_version"] == 1 and attrs["pathgen_version"]
+    assert attrs["reader"] == "tifffile" and attrs["reader_requested"] == "auto" and "reader_notice" not in attrs
+    assert attrs["codec"] == "jpeg" and attrs["quality"] == 90
+    assert attrs["schema_version"] == 1 and attrs["pathgen_version"]
 
 
 def test_h5_reads_like_clam_and_trident(tmp_path, demo_slide):
@@ -73,7 +77,8 @@ def test_h5_reads_like_clam_and_trident(tmp_path, demo_slide):
         # CLAM: read_region(coord, patch_level, (patch_size, patch_size))
         patch_level, patch_size = int(f["coords"].attrs["patch_level"]), int(f["coords"].attrs["patch_size"])
         region = _openslide_rgb(demo_slide, coords[0], patch_level, patch_size)
-        assert np.abs(region - f["images"][0].astype(np.float32)).mean() < 2.0
+        stored = np.asarray(Image.open(io.BytesIO(f["images"][0].tobytes())))  # JPEG bytes, as README documents
+        assert np.abs(region - stored).mean() < 2.0
         # TRIDENT's read_coords: attrs = dict(f["coords"].attrs), then the level-0 footprint and magnifications
         attrs = dict(f["coords"].attrs)
         keys = ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap", "name")

@@ -14,7 +14,8 @@ CASES = [(0.6, 0, 77), (1.5, 1, 48)]
 
 
 def _tile_h5(slide, out, mpp):
-    tile_cohort([slide], out, mpp=mpp, patch_size=32, fmt="h5", tissue_threshold=0.2, workers=0)
+    # lossless: `images` as the plain [N, S, S, 3] array, read here with h5py as other tools would
+    tile_cohort([slide], out, mpp=mpp, patch_size=32, fmt="h5", codec="lossless", tissue_threshold=0.2, workers=0)
     return out / f"{slide.stem}.h5"
 
 

@@ -159,8 +159,9 @@ def test_csv_list_with_mpp_column_and_odd_paths(demo_slide, tmp_path):
 def test_two_workers_give_identical_stores(demo_slides, tmp_path, monkeypatch, fmt):
     # Small shards so even these tiny slides are split into several chunks read by different workers.
     monkeypatch.setattr(store_writer, "SHARD_BYTES", 32 * 32 * 3 * 8)
-    one = _rows(tile_cohort(demo_slides[:2], tmp_path / "one", fmt=fmt, **TILE))
-    two = _rows(tile_cohort(demo_slides[:2], tmp_path / "two", fmt=fmt, **{**TILE, "workers": 2}))
+    lossless = dict(fmt=fmt, codec="lossless")  # lossless: stored patches must equal fresh reads exactly
+    one = _rows(tile_cohort(demo_slides[:2], tmp_path / "one", **lossless, **TILE))
+    two = _rows(tile_cohort(demo_slides[:2], tmp_path / "two", **lossless, **{**TILE, "workers": 2}))
     assert {r.status for r in two.values()} == {"ok"}
     assert max(r.n_patches for r in two.values()) > 8  # at least one slide was split across workers
     for name, row in one.items():

@@ -5,6 +5,7 @@ from pathlib import Path
 import typer
 
 from pathgen.cli.app import app
+from pathgen.store.codecs import DEFAULT_CODEC, DEFAULT_QUALITY
 
 
 @app.command()
@@ -54,7 +55,17 @@ def tile(
         0.5, "--tissue-threshold", help="Keep a patch when at least this fraction of it is tissue."
     ),
     coords_only: bool = typer.Option(False, "--coords-only", help="Store coordinates and tissue fractions, no pixels."),
-    reader: str = typer.Option("openslide", "--reader", help="Slide reader: openslide or tiatoolbox (if installed)."),
+    reader: str = typer.Option(
+        "auto",
+        "--reader",
+        help="auto: decode SVS / tiled TIFF tiles with tifffile (same pixels as OpenSlide, faster), OpenSlide region "
+        "reads for other formats or when a slide's tiles are not supported (noted in the store attrs); tifffile: "
+        "that fast path or fail; openslide: OpenSlide, one read per patch; tiatoolbox (if installed).",
+    ),
+    codec: str = typer.Option(
+        DEFAULT_CODEC, "--codec", help="How patches are stored: jpeg, webp or lossless (blosc-lz4, ~9x larger)."
+    ),
+    quality: int = typer.Option(DEFAULT_QUALITY, "--quality", help="JPEG/WebP quality, 1-100."),
     slide_mpp: float | None = typer.Option(
         None,
         "--slide-mpp",
@@ -90,6 +101,8 @@ def tile(
         tissue_threshold=tissue_threshold,
         coords_only=coords_only,
         reader=reader,
+        codec=codec,
+        quality=quality,
         slide_mpp=slide_mpp,
         roi=roi,
         overwrite=overwrite,

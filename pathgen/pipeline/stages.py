@@ -16,6 +16,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from pathgen.config import Section, load_config
+from pathgen.store.codecs import DEFAULT_CODEC, DEFAULT_QUALITY
 
 
 @dataclass
@@ -76,7 +77,9 @@ class TileParams(Section):
     workers: int = 1
     tissue_threshold: float = 0.5
     coords_only: bool = False
-    reader: str = "openslide"
+    reader: str = "auto"  # see `pathgen tile --help`
+    codec: str = DEFAULT_CODEC  # jpeg, webp or lossless (pathgen.store.codecs)
+    quality: int = DEFAULT_QUALITY
     slide_mpp: float | None = None
 
 
@@ -88,7 +91,7 @@ def run_tile(ctx: StepContext) -> None:
     p = ctx.params
     manifest = tile_cohort(p.slides, ctx.dir, mpp=p.mpp, patch_size=p.patch_size, fmt=p.format, workers=p.workers,
                            tissue_threshold=p.tissue_threshold, coords_only=p.coords_only, reader=p.reader,
-                           slide_mpp=p.slide_mpp)
+                           codec=p.codec, quality=p.quality, slide_mpp=p.slide_mpp)
     print(summary_path(manifest).read_text().rstrip())
     rows = read_manifest(manifest)
     # a corrupt slide is recorded and skipped, never fatal to the cohort; a cohort with no usable slide is

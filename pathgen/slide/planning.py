@@ -121,7 +121,7 @@ def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
     render_qc(qc, tissue, plan, qc_ds, qc_dir / f"{job.name}.png", origin=origin, pen=found.pen,
               roi=roi.region if roi is not None else None)  # fmt: skip
     write_geojson(qc_dir / f"{job.name}.geojson", tissue_geojson(tissue, thumb_ds, origin))
-    notices = []
+    notices = [f"notice: {job.path}: {slide.reader_notice}"] if slide.reader_notice else []
     if len(plan) == 0:
         notices.append(f"warning: {job.path}: no tissue patches at threshold {params.tissue_threshold}")
     attrs = store_attrs(job, slide, plan, params) | {"tissue_mask_mpp": float(mask_mpp)} | extra
@@ -154,7 +154,9 @@ def store_attrs(job, slide, plan: PatchPlan, params) -> dict:
         "slide_size": stat.st_size,
         "slide_mtime": stat.st_mtime,
         "slide_format": slide.format,
-        "reader": slide.reader,
+        "reader": slide.reader,  # what decoded the pixels: tifffile, openslide or tiatoolbox
+        "reader_requested": params.reader,
+        "reader_notice": slide.reader_notice,  # why "auto" fell back to OpenSlide, if it did
         "mpp_level0": float(slide.mpp),
         "mpp_source": slide.mpp_source,
         "mpp_override": job.mpp,

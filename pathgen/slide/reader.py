@@ -1,11 +1,14 @@
 """Open whole-slide images behind one small interface, with a resolution you can trust.
 
 OpenSlide (through openslide-python + openslide-bin) reads SVS, NDPI, MRXS, SCN, generic tiled TIFF and
-DICOM; plain PNG/JPEG images open as one-level slides via its PIL-backed ImageSlide. TIAToolbox's
-WSIReader is an optional backend. Microns per pixel come from, in order: the caller's override, the
-slide's recorded mpp, its objective power (10 / power), the caller's fallback, else a SlideError: a silently
-wrong mpp is the most common way tiling goes wrong, so we never guess. A recorded mpp outside 0.05-20 um/px is
-a default (TIFF's 72 dpi is 352.8 um/px), not a measurement, and counts as missing.
+DICOM; plain PNG/JPEG images open as one-level slides via its PIL-backed ImageSlide. The default reader,
+"auto", decodes the tiles of Aperio SVS and generic tiled TIFF slides with tifffile instead (pathgen.slide.tiff:
+the same pixels, several times cheaper) and falls back to OpenSlide, with the reason in `reader_notice`, for any
+slide whose layout or colour handling it cannot reproduce. TIAToolbox's WSIReader is an optional backend.
+Microns per pixel come from, in order: the caller's override, the slide's recorded mpp, its objective power
+(10 / power), the caller's fallback, else a SlideError: a silently wrong mpp is the most common way tiling goes
+wrong, so we never guess. A recorded mpp outside 0.05-20 um/px is a default (TIFF's 72 dpi is 352.8 um/px), not
+a measurement, and counts as missing.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from pathgen.errors import SlideError
+from pathgen.slide.tiff import FORMATS as TIFF_FORMATS
+from pathgen.slide.tiff import TiffRegions, Unsupported, level_xy
 
 NO_MPP = "no microns-per-pixel in metadata or objective power; pass --slide-mpp or an mpp column"
 # Vendor formats OpenSlide reads that are never plain images; .tif/.tiff may be either, so they may fall back.
@@ -34,6 +39,8 @@ def _one_line(err: BaseException) -> str:
 
 class _OpenSlideBackend:
     """openslide.OpenSlide for real slides, openslide.ImageSlide (PIL) for plain images."""
+
+    name = "openslide"
 
     def __init__(self, path: Path):
         import openslide
@@ -73,6 +80,51 @@ class _OpenSlideBackend:
             self._image.close()
 
 
+class _TiffBackend:
+    """OpenSlide's view of a tiled TIFF slide (levels, mpp, format), with its tiles decoded by tifffile."""
+
+    name = "tifffile"
+
+    def __init__(self, path: Path, osr: _OpenSlideBackend):
+        self._osr = osr
+        for key in ("format", "level_dimensions", "level_downsamples", "metadata_mpp", "objective_power", "bounds"):
+            setattr(self, key, getattr(osr, key))
+        self.tiles = TiffRegions.open(path, osr.format, osr.level_dimensions)
+        try:
+            self._probe()
+        except BaseException:
+            self.tiles.close()
+            raise
+
+    def _probe(self) -> None:
+        """Unsupported unless one tile per level decodes to exactly OpenSlide's pixels.
+
+        The checks in TiffRegions.open cover the layout; this covers decoder and colour-space quirks no tag
+        reveals. Level 0 is checked at its centre (tissue, usually), coarser levels at their origin, the one
+        place where OpenSlide does not interpolate a level whose downsample is not whole.
+        """
+        for level, page in enumerate(self.tiles.pages):
+            (w, h), ds = self.level_dimensions[level], self.level_downsamples[level]
+            tw, th = min(page.tilewidth, w), min(page.tilelength, h)
+            x, y = ((w // 2) // tw * tw, (h // 2) // th * th) if level == 0 else (0, 0)
+            try:
+                ours = self.tiles.read(level, x, y, tw, th)
+            except Exception as err:  # noqa: BLE001 - a damaged tile: OpenSlide then reports it on read, or copes
+                raise Unsupported(f"level {level}: tifffile cannot decode a tile ({_one_line(err)})") from None
+            theirs = self._osr.read_region((round(x * ds), round(y * ds)), level, (tw, th))  # RGB on white
+            if not np.array_equal(ours, theirs):
+                diff = int(np.abs(ours.astype(np.int16) - theirs).max())
+                raise Unsupported(f"level {level}: tifffile's pixels differ from OpenSlide's (by up to {diff})")
+
+    def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        return self.tiles.read(level, level_xy(xy[0], ds), level_xy(xy[1], ds), size[0], size[1])
+
+    def close(self) -> None:
+        self.tiles.close()
+        self._osr.close()
+
+
 def _load_image(path: Path):
     """Open and decode a plain image with PIL now, so truncation or a non-image fails at open time."""
     from PIL import Image, UnidentifiedImageError
@@ -98,6 +150,8 @@ def _load_image(path: Path):
 
 class _TiatoolboxBackend:
     """tiatoolbox.wsicore.WSIReader, for formats or behaviour OpenSlide lacks (optional extra)."""
+
+    name = "tiatoolbox"
 
     def __init__(self, path: Path):
         try:
@@ -129,7 +183,9 @@ class _TiatoolboxBackend:
             close()
 
 
-_BACKENDS = {"openslide": _OpenSlideBackend, "tiatoolbox": _TiatoolboxBackend}
+# "auto": tifffile where it reproduces OpenSlide's pixels, OpenSlide for everything else.
+# "tifffile": the fast path or a SlideError. "openslide": OpenSlide only (the tiler then also reads patch by patch).
+READERS = ("auto", "tifffile", "openslide", "tiatoolbox")
 OPTIONAL_READERS = {"tiatoolbox": "tiatoolbox"}  # reader -> the module it needs, not a pathgen dependency
 
 
@@ -137,12 +193,31 @@ def check_reader(reader: str) -> str | None:
     """Why `reader` cannot be used here (unknown, or its package not installed), or None if it can."""
     import importlib.util
 
-    if reader not in _BACKENDS:
-        return f"--reader must be one of {', '.join(_BACKENDS)}, got {reader!r}"
+    if reader not in READERS:
+        return f"--reader must be one of {', '.join(READERS)}, got {reader!r}"
     module = OPTIONAL_READERS.get(reader)
     if module is not None and importlib.util.find_spec(module) is None:
         return f"reader {reader!r} needs {module}, which is not installed; pip install pathgen[{module}]"
     return None
+
+
+def _open_backend(path: Path, reader: str):
+    """(backend, notice): the backend that decodes this slide and, when "auto" fell back, why."""
+    if reader == "tiatoolbox":
+        return _TiatoolboxBackend(path), None
+    osr = _OpenSlideBackend(path)
+    if reader == "openslide" or (reader == "auto" and osr.format not in TIFF_FORMATS):
+        return osr, None  # not a TIFF-family slide: OpenSlide is the designed path, nothing to report
+    try:
+        return _TiffBackend(path, osr), None
+    except Unsupported as why:
+        if reader == "tifffile":
+            osr.close()
+            raise SlideError(path, f"reader 'tifffile' cannot read this slide: {why}") from None
+        return osr, f"read by OpenSlide: {why}"
+    except BaseException:
+        osr.close()
+        raise
 
 
 def _positive_float(value: Any) -> float | None:
@@ -184,18 +259,19 @@ class Slide:
     def __init__(
         self,
         path: str | Path,
-        reader: str = "openslide",
+        reader: str = "auto",
         mpp: float | None = None,
         fallback_mpp: float | None = None,
     ):
         self.path = Path(path)
-        self.reader = reader
-        if reader not in _BACKENDS:
-            raise SlideError(self.path, f"unknown reader {reader!r}; choose one of {', '.join(_BACKENDS)}")
+        if reader not in READERS:
+            raise SlideError(self.path, f"unknown reader {reader!r}; choose one of {', '.join(READERS)}")
         if not self.path.is_file():
             raise SlideError(self.path, "no such file" if not self.path.exists() else "not a file")
-        self._backend = _BACKENDS[reader](self.path)
+        self._backend, self.reader_notice = _open_backend(self.path, reader)
         b = self._backend
+        self.requested_reader: str = reader
+        self.reader: str = b.name  # what decodes the pixels: tifffile, openslide or tiatoolbox
         self.format: str = b.format
         self.level_dimensions: list[tuple[int, int]] = b.level_dimensions
         self.level_downsamples: list[float] = b.level_downsamples
@@ -288,10 +364,11 @@ class Slide:
 
 
 def open_slide(
-    path: str | Path, reader: str = "openslide", mpp: float | None = None, fallback_mpp: float | None = None
+    path: str | Path, reader: str = "auto", mpp: float | None = None, fallback_mpp: float | None = None
 ) -> Slide:
     """Open a slide (or a plain image) for reading; SlideError with a one-line reason if that is impossible.
 
+    `reader` is one of READERS; `slide.reader` then names what decodes the pixels (see `_open_backend`).
     `mpp` overrides the level-0 microns per pixel the slide records (e.g. a CSV `mpp` column); `fallback_mpp`
     (--slide-mpp) is used only for a slide that records neither an mpp nor an objective power.
     """

@@ -46,13 +46,15 @@ def is_up_to_date(store_path: Path, job: SlideJob, params) -> int | None:
         "overlap": params.overlap,
         "tissue_threshold": float(params.tissue_threshold),
         "coords_only": params.coords_only,
-        "reader": params.reader,
+        "reader_requested": params.reader,
         "mpp_override": job.mpp,
         "roi_path": None,
         "roi_mtime": None,
     }
     if params.mpp is not None:
         wanted["target_mpp"] = float(params.mpp)
+    if not params.coords_only:
+        wanted.update(params.patch_codec.attrs)
     if params.roi is not None:  # re-tile when the annotations change
         from pathgen.slide.planning import roi_file
 
@@ -130,6 +132,7 @@ def _planned(run: _SlideRun, planned, params, tasks) -> None:
         labels=planned.labels,
         classes=planned.classes,
         coords_attrs=planned.coords_attrs,
+        codec=params.patch_codec,
     )
     run.plan = plan
     run.row.store = run.store_path.name
@@ -147,7 +150,8 @@ def _chunk_tasks(run: _SlideRun, params, tasks) -> Iterator[_Work]:
             return
         sub = replace(run.plan, coords=run.plan.coords[a:b], tissue_fraction=run.plan.tissue_fraction[a:b])
         task = tasks.ChunkTask(
-            str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images, run.writer.shard, run.job.fallback_mpp
+            str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images, run.writer.shard, run.job.fallback_mpp,
+            params.patch_codec,
         )
         yield _Work(run, tasks.read_chunk, task, f"reading patches {a}-{b - 1}")
 
@@ -291,6 +295,8 @@ class _Scheduler:
                 try:
                     if isinstance(payload, np.ndarray):
                         run.writer.write(start, payload)
+                    elif isinstance(payload, list):  # HDF5, patches encoded by the worker
+                        run.writer.write_encoded(start, payload)
                     else:
                         run.writer.mark_written(start, payload)
                 except Exception as err:  # noqa: BLE001

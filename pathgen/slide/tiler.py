@@ -24,6 +24,7 @@ import numpy as np
 
 from pathgen.errors import ConfigError, one_line
 from pathgen.slide.discovery import SlideJob, list_slides, parse_shard, shard_of
+from pathgen.store.codecs import DEFAULT_CODEC, DEFAULT_QUALITY, PatchCodec
 from pathgen.store.manifest import ManifestRow, manifest_name, summarize, summary_path, write_manifest
 from pathgen.store.writer import FORMATS, write_images_shard
 
@@ -37,10 +38,16 @@ class TileParams:
     fmt: str = "zarr"
     tissue_threshold: float = 0.5
     coords_only: bool = False
-    reader: str = "openslide"
+    reader: str = "auto"
     magnification: float | None = None
     overlap: int = 0
     roi: str | None = None  # folder of GeoJSON annotations, one per slide
+    codec: str = DEFAULT_CODEC
+    quality: int = DEFAULT_QUALITY
+
+    @property
+    def patch_codec(self) -> PatchCodec:
+        return PatchCodec(self.codec, self.quality)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -73,9 +80,10 @@ class ChunkTask:
     mpp: float | None
     plan: object  # PatchPlan restricted to this chunk's coords
     start: int
-    images_path: str | None  # Zarr: write here in the worker; None: send the pixels back
+    images_path: str | None  # Zarr: write here in the worker; None: send the pixels (or encoded patches) back
     shard: int = 0  # patches per Zarr shard
     fallback_mpp: float | None = None
+    codec: PatchCodec = PatchCodec()
 
 
 _BUFFER: list[np.ndarray] = []  # per process: the reused pixel buffer of read_chunk
@@ -94,11 +102,13 @@ def _chunk_buffer(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def read_chunk(task: ChunkTask) -> tuple[str, int, object]:
-    """Read one chunk of patches in row-major order. Returns ('ok', start, pixels or count) or ('error', start, msg).
+    """Read one chunk of patches in row-major order, a region at a time (patch by patch for reader "openslide").
 
-    Errors come back as text: exceptions with custom constructors do not survive pickling between processes.
+    Returns ('ok', start, count) once written to Zarr, ('ok', start, pixels or encoded patches) for the parent to
+    write, or ('error', start, msg). Errors come back as text: exceptions with custom constructors do not
+    survive pickling between processes.
     """
-    from pathgen.slide import read_patch
+    from pathgen.slide.grid import REGION_SIDE, read_patches
 
     try:
         slide = _cached_slide(task.slide, task.reader, task.mpp, task.fallback_mpp)
@@ -106,11 +116,11 @@ def read_chunk(task: ChunkTask) -> tuple[str, int, object]:
         shape = (len(task.plan.coords), s, s, 3)
         # Zarr chunks never leave this process, so one buffer serves them all; HDF5 chunks go back to the parent.
         batch = _chunk_buffer(shape) if task.images_path is not None else np.empty(shape, dtype=np.uint8)
-        for i, xy in enumerate(task.plan.coords):
-            batch[i] = read_patch(slide, task.plan, (int(xy[0]), int(xy[1])))
-        if task.images_path is None:
-            return "ok", task.start, batch
-        write_images_shard(task.images_path, task.start, batch, task.shard)
+        # --reader openslide is the old path, for comparison and as a way out: one read_region call per patch.
+        read_patches(slide, task.plan, task.plan.coords, batch, 0 if task.reader == "openslide" else REGION_SIDE)
+        if task.images_path is None:  # HDF5: encode here, in parallel, and send back ~10x fewer bytes
+            return "ok", task.start, [task.codec.encode(p) for p in batch] if task.codec.lossy else batch
+        write_images_shard(task.images_path, task.start, batch, task.shard, task.codec)
         return "ok", task.start, len(batch)
     except Exception as err:  # noqa: BLE001 - any failure fails this slide only, with a one-line reason
         return "error", task.start, one_line(err)
@@ -169,7 +179,9 @@ def tile_cohort(
     shard: tuple[int, int] = (0, 1),
     tissue_threshold: float = 0.5,
     coords_only: bool = False,
-    reader: str = "openslide",
+    reader: str = "auto",
+    codec: str = DEFAULT_CODEC,
+    quality: int = DEFAULT_QUALITY,
     slide_mpp: float | None = None,
     roi: str | Path | None = None,
     overwrite: bool = False,
@@ -185,6 +197,8 @@ def tile_cohort(
     shard (I, N): this array task's slides, chosen by a stable hash of each slide's name.
     roi: a folder of GeoJSON files (QuPath's export), <slide name>.geojson each: patches only inside their
     regions, labelled with their class names; "Tissue" features replace the detected tissue.
+    reader: "auto" (tifffile's tile decoding for SVS / tiled TIFF, OpenSlide region reads otherwise), "tifffile",
+    "openslide" (OpenSlide, patch by patch) or "tiatoolbox". codec/quality: how patches are stored (store/codecs.py).
     """
     if isinstance(slides, str | Path):
         slides = [slides]
@@ -211,11 +225,14 @@ def tile_cohort(
 
     if (why := check_reader(reader)) is not None:  # once, up front, not slide by slide
         raise ConfigError(None, why)
+    PatchCodec(codec, quality)  # validates --codec and --quality once, up front
     out_dir = Path(out_dir)
     jobs = [j for j in list_slides(slides, slide_mpp, out_dir) if shard_of(j, count) == index]
     out_dir.mkdir(parents=True, exist_ok=True)
     roi = str(Path(roi).resolve()) if roi is not None else None
-    params = TileParams(mpp, patch_size, fmt, tissue_threshold, coords_only, reader, magnification, overlap, roi)
+    params = TileParams(
+        mpp, patch_size, fmt, tissue_threshold, coords_only, reader, magnification, overlap, roi, codec, quality
+    )
 
     manifest = out_dir / manifest_name(shard)
     rows: dict[str, ManifestRow] = {}
