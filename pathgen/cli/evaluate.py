@@ -16,17 +16,19 @@ Encoder = Annotated[str, typer.Option(
 )]
 Train = Annotated[list[str], typer.Option(
     "--train", show_default=False,
-    help="Labelled training data: an ImageFolder (one sub-folder per class), a CSV with columns path,label "
+    help="Labelled training data: an ImageFolder (one sub-folder per class), a CSV with columns path,label[,case_id] "
     "(store -> its slide's class), or labelled stores / folders / globs / a tiling manifest. Repeatable.",
 )]
 Test = Annotated[list[str] | None, typer.Option(
     "--test", show_default=False,
-    help="Labelled test data, as --train. Without it, a seeded stratified split of --train is held out.",
+    help="Labelled test data, as --train. Without it, a seeded stratified split of --train is held out by "
+    "slide (by case when a labelled CSV has a case_id column), so no slide lands on both sides.",
 )]
 ImgSize = Annotated[int | None, typer.Option("--img-size", help="Input size (default: the encoder's own).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")]
 Workers = Annotated[int, typer.Option("--workers", "-j", help="DataLoader worker processes.")]
-TestFraction = Annotated[float, typer.Option("--test-fraction", help="Held-out fraction when --test is omitted.")]
+TestFraction = Annotated[float, typer.Option(
+    "--test-fraction", help="Held-out fraction of the slides (cases, images) when --test is omitted.")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of the split, the CV folds and of random/timm init.")]
 Device = Annotated[str | None, typer.Option("--device", help="cpu, cuda or cuda:N (default: CUDA if present).")]
 Out = Annotated[Path | None, typer.Option("--out", "-o", help="Write the results as JSON here.")]

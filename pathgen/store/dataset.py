@@ -33,6 +33,8 @@ class PatchDataset(torch.utils.data.Dataset):
             raise StoreError(None, f"got {len(labels)} labels for {len(self.paths)} stores")
         self.transform = transform
         self.classes: list[str] | None = None
+        # What a held-out split keeps together: each store's slide, or its case (set by a labelled CSV).
+        self.store_groups: list[str] = [str(p) for p in self.paths]
         store_ids, patch_ids, patch_labels = [], [], []
         for k, path in enumerate(self.paths):
             with open_store(path) as store:
