@@ -29,8 +29,13 @@ app = typer.Typer(
 )
 pretrain_app = typer.Typer(help="Pretrain encoders: DINO (ssl) and Gen-DINO (gensis).", no_args_is_help=True)
 eval_app = typer.Typer(help="Evaluate frozen encoders on labelled patches or image folders.", no_args_is_help=True)
+mil_app = typer.Typer(
+    help="Slide-level multiple-instance learning on patch features: train (cross-validated), predict, heatmap.",
+    no_args_is_help=True,
+)
 app.add_typer(pretrain_app, name="pretrain")
 app.add_typer(eval_app, name="eval")
+app.add_typer(mil_app, name="mil")
 
 
 def _print_version(value: bool) -> None:

@@ -1,0 +1,346 @@
+"""`pathgen extract-features`: per-patch features of a cohort's patch stores, for several encoders in one pass.
+
+Every patch is read and decoded once (by DataLoader workers, overlapping the forward passes) and fed to every
+encoder that still needs its slide. Each slide's file is written under a temporary name and renamed when complete;
+a rerun skips slides whose file records the same store, encoder sha256 and settings. A slide that cannot be read,
+or an encoder that cannot be loaded, fails with a one-line reason in the manifest and the others carry on.
+Under torchrun the slides are sharded across ranks (rank r takes slides r, r + W, ...).
+"""
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pathgen.errors import ConfigError, PathgenError, StoreError
+from pathgen.features.encoders import FeatureEncoder, check_names, load_feature_encoder
+from pathgen.features.h5 import FeatureFileWriter, feature_path, is_up_to_date, pt_path, settings_json
+from pathgen.features.patches import SlidePatches, SlideSource, find_slide, plan_from_store, slide_batches
+
+
+@dataclass
+class FeatureRow:
+    """One (slide, encoder) outcome in <out>/manifest.csv, like the tiler's rows."""
+
+    slide: str
+    encoder: str
+    status: str  # ok | skipped | failed
+    n_patches: int = 0
+    seconds: float = 0.0
+    error: str = ""
+    file: str = ""  # relative to the output folder
+
+
+@dataclass
+class ExtractionResult:
+    out_dir: Path
+    manifest: Path
+    rows: list[FeatureRow]
+    encoders: dict[str, Path]  # name -> features_<name>/ folder (encoders that loaded)
+    timing: dict = field(default_factory=dict)
+
+    @property
+    def failed(self) -> list[FeatureRow]:
+        return [r for r in self.rows if r.status == "failed"]
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+def store_id(store) -> str:
+    """A checksum of a store's coords and attributes: a re-tiled slide gets a new id, a moved store keeps it."""
+    import hashlib
+    import json
+
+    digest = hashlib.sha256(np.ascontiguousarray(store.coords).tobytes())
+    digest.update(json.dumps({k: v for k, v in store.attrs.items()}, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def _expected(enc: FeatureEncoder, sid: str, fp16: bool) -> dict:
+    """The attributes that must match for a finished file to be reused."""
+    return {"store_id": sid, "encoder_sha256": enc.sha256,
+            "settings": settings_json({"preprocessing": enc.settings(), "dtype": "float16" if fp16 else "float32"})}
+
+
+def _file_attrs(enc: FeatureEncoder, store, sid: str, fp16: bool, slide: str) -> dict:
+    from pathgen import __version__
+
+    a = store.attrs
+    return {
+        **_expected(enc, sid, fp16),
+        "encoder": enc.name, "encoder_spec": enc.spec, "embed_dim": enc.embed_dim, "slide": slide,
+        "patch_mpp": float(a.get("target_mpp", 0.0)), "patch_size": int(a.get("patch_size", 0)),
+        "patch_size_level0": int(a.get("patch_size_level0", 0)), "source_store": str(store.path.resolve()),
+        "n_patches": len(store), "pathgen_version": __version__,
+    }
+
+
+@dataclass
+class _Slide:
+    """A slide being written: its store's arrays, encoders still to do, writers, progress."""
+
+    source: SlideSource
+    store_path: Path
+    coords: np.ndarray
+    tissue_fraction: np.ndarray
+    coords_attrs: dict
+    file_attrs: dict  # encoder name -> root attributes
+    todo: list[FeatureEncoder]
+    writers: dict = field(default_factory=dict)
+    done: int = 0
+    t0: float = 0.0
+    error: str = ""
+
+
+class _Extraction:
+    """The state of one run: the rows, the slides and the timing counters."""
+
+    def __init__(self, out_dir: Path, fp16: bool, export_pt: bool, manifest: Path):
+        self.out_dir, self.fp16, self.export_pt, self.manifest = out_dir, fp16, export_pt, manifest
+        self.rows: dict[tuple[str, str], FeatureRow] = {}
+        self.order: list[tuple[str, str]] = []
+        self.timing = {"patches": 0, "wait_s": 0.0, "model_s": 0.0, "write_s": 0.0, "read_s": 0.0}
+
+    def record(self, row: FeatureRow, flush: bool = True) -> None:
+        key = (row.slide, row.encoder)
+        if key not in self.rows:
+            self.order.append(key)
+        self.rows[key] = row
+        if flush:
+            self.flush()
+
+    def flush(self) -> None:
+        from pathgen.store.manifest import write_manifest
+
+        # Rewritten as slides finish, so a killed run still leaves an honest partial manifest.
+        write_manifest(self.manifest, [self.rows[k] for k in self.order], row_type=FeatureRow)
+
+    def prepare(self, path: Path, from_slides: Path | None, overwrite: bool, encoders: list[FeatureEncoder]):
+        """Open a store and decide what to do with it: None if nothing is left to do (rows already recorded)."""
+        from pathgen.slide.tiler import _remove_stale_temps
+        from pathgen.store import open_store
+
+        slide = path.name.split(".")[0]
+        try:
+            with open_store(path) as store:
+                if not store.has_images and from_slides is None:
+                    raise StoreError(path, "store has no images (tiled with --coords-only); pass --from-slides")
+                sid = store_id(store)
+                todo, attrs = [], {}
+                for enc in encoders:
+                    target = feature_path(self.out_dir, enc.name, slide)
+                    _remove_stale_temps(target)
+                    _remove_stale_temps(pt_path(target))
+                    if not overwrite and is_up_to_date(target, _expected(enc, sid, self.fp16), self.export_pt):
+                        self.record(FeatureRow(slide, enc.name, "skipped", len(store), 0.0, "", self._rel(target)))
+                        continue
+                    todo.append(enc)
+                    attrs[enc.name] = _file_attrs(enc, store, sid, self.fp16, slide)
+                if not todo:
+                    return None
+                slide_path = plan = None
+                if from_slides is not None:
+                    slide_path, plan = find_slide(store, from_slides), plan_from_store(store)
+                keys = tuple(dict.fromkeys(enc.transform_key for enc in todo))
+                source = SlideSource(slide, path, len(store), keys, slide_path, plan)
+                return _Slide(source, path, store.coords, store.tissue_fraction, dict(store.attrs), attrs, todo)
+        except PathgenError as err:
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            for enc in encoders:
+                if (slide, enc.name) not in self.rows:
+                    self.record(FeatureRow(slide, enc.name, "failed", 0, 0.0, _one_line(err)), flush=False)
+            self.flush()
+            return None
+
+    def _rel(self, path: Path) -> str:
+        return str(path.relative_to(self.out_dir))
+
+    def open_writers(self, s: _Slide) -> None:
+        s.t0 = time.perf_counter()
+        for enc in s.todo:
+            s.writers[enc.name] = FeatureFileWriter(
+                feature_path(self.out_dir, enc.name, s.source.name), s.coords, s.tissue_fraction, s.coords_attrs,
+                s.file_attrs[enc.name], enc.embed_dim, fp16=self.fp16, export_pt=self.export_pt)
+
+    def fail(self, s: _Slide, error: str) -> None:
+        s.error = error
+        print(f"error: {s.store_path}: {error}", file=sys.stderr)
+        for w in s.writers.values():
+            w.abort()
+        for enc in s.todo:
+            self.record(FeatureRow(s.source.name, enc.name, "failed", 0, time.perf_counter() - s.t0, error), False)
+        self.flush()
+
+    def finish(self, s: _Slide) -> None:
+        try:
+            for enc in s.todo:
+                s.writers[enc.name].close()
+        except Exception as err:  # noqa: BLE001 - e.g. a full disk: this slide fails
+            return self.fail(s, _one_line(err))
+        seconds = time.perf_counter() - s.t0
+        for enc in s.todo:
+            path = feature_path(self.out_dir, enc.name, s.source.name)
+            self.record(FeatureRow(s.source.name, enc.name, "ok", s.source.n, seconds, "", self._rel(path)), False)
+        self.flush()
+
+    def forward(self, s: _Slide, images: dict, device: torch.device) -> None:
+        from pathgen.runtime.device import autocast
+
+        t0 = time.perf_counter()
+        inputs = {key: images[key].to(device, non_blocking=True) for key in s.source.keys}
+        outputs = {}
+        for enc in s.todo:
+            with autocast(device):
+                outputs[enc.name] = enc.model(inputs[enc.transform_key]).float().cpu().numpy()
+        t1 = time.perf_counter()
+        for name, feats in outputs.items():
+            s.writers[name].write(s.done, feats)
+        self.timing["model_s"] += t1 - t0
+        self.timing["write_s"] += time.perf_counter() - t1
+
+
+def _shard_name(rank: int, world: int) -> str:
+    from pathgen.store.manifest import manifest_name
+
+    return manifest_name((rank, world))
+
+
+@torch.inference_mode()
+def extract_features(
+    encoders: Sequence[str],
+    stores,
+    out_dir: str | Path,
+    *,
+    from_slides: str | Path | None = None,
+    batch_size: int = 64,
+    workers: int = 4,
+    fp16: bool = False,
+    export_pt: bool = False,
+    img_size: int | None = None,
+    device: str | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    reader: str = "openslide",
+    progress: bool = True,
+) -> ExtractionResult:
+    """Features of every patch of `stores` (paths, folders, globs or tiling manifests) for each encoder spec.
+
+    encoders: `[NAME=]SPEC` strings (an exported encoder, `random:<export>`, `timm:<name>` or a local timm
+    folder); NAME defaults to the export's folder name (see `default_name`). Writes
+    <out_dir>/features_<NAME>/<slide>.h5 (TRIDENT's layout, see pathgen.features.h5) and <out_dir>/manifest.csv
+    (manifest.shard-R-of-W.csv per rank under torchrun). Returns the rows and a timing breakdown.
+    """
+    from tqdm import tqdm
+
+    from pathgen.runtime.distributed import get_rank, get_world_size, init_distributed, is_main_process
+    from pathgen.store import find_stores
+
+    if batch_size < 1 or workers < 0:
+        raise ConfigError(None, f"need batch size >= 1 and workers >= 0, got {batch_size}, {workers}")
+    out_dir = Path(out_dir)
+    from_slides = Path(from_slides) if from_slides is not None else None
+    if from_slides is not None and not from_slides.is_dir():
+        raise ConfigError(from_slides, "--from-slides: no such folder of slides")
+    paths = find_stores(stores)
+    names = [p.name.split(".")[0] for p in paths]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ConfigError(None, f"several stores are named {', '.join(dupes)}; feature files are named by slide")
+    dev = init_distributed(device)
+    rank, world = get_rank(), get_world_size()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run = _Extraction(out_dir, fp16, export_pt, out_dir / _shard_name(rank, world))
+    paths = paths[rank::world]
+
+    loaded: list[FeatureEncoder] = []
+    for spec in encoders:
+        try:
+            loaded.append(load_feature_encoder(spec, img_size=img_size, seed=seed))
+        except PathgenError as err:  # this encoder fails on every slide; the others carry on
+            print(f"error: {_one_line(err)}", file=sys.stderr)
+            for p in paths:
+                run.record(FeatureRow(p.name.split(".")[0], spec, "failed", 0, 0.0, _one_line(err)), flush=False)
+    check_names(loaded)
+    for enc in loaded:
+        enc.model.to(dev)
+
+    slides = [s for p in paths if (s := run.prepare(p, from_slides, overwrite, loaded)) is not None]
+    run.flush()
+    for s in [s for s in slides if s.source.n == 0]:  # nothing to read: write the empty files now
+        run.open_writers(s)
+        run.finish(s)
+    slides = [s for s in slides if s.source.n > 0]
+
+    t_start = time.perf_counter()
+    if slides:
+        transforms = {enc.transform_key: enc.transform for enc in loaded}
+        dataset = SlidePatches([s.source for s in slides], transforms, reader=reader)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=slide_batches(dataset.sources, batch_size), num_workers=workers,
+            pin_memory=dev.type == "cuda",
+        )
+        bar = tqdm(total=len(dataset), unit="patch", desc=f"features (rank {rank})" if world > 1 else "features",
+                   disable=not progress or not is_main_process(), smoothing=0.1)
+        try:
+            t_last = time.perf_counter()
+            for images, ks, seconds, errors in loader:
+                run.timing["wait_s"] += time.perf_counter() - t_last
+                s = slides[int(ks[0])]
+                n = len(ks)
+                run.timing["read_s"] += float(seconds.sum())
+                if not s.writers and not s.error:
+                    run.open_writers(s)
+                if not s.error:
+                    bad = next((e for e in errors if e), "")
+                    try:
+                        if bad:
+                            raise PathgenError(bad)
+                        run.forward(s, images, dev)
+                        s.done += n
+                        run.timing["patches"] += n
+                        if s.done == s.source.n:
+                            run.finish(s)
+                    except PathgenError as err:
+                        run.fail(s, _one_line(err))
+                    except OSError as err:  # writing failed (disk full, permissions): this slide only
+                        run.fail(s, _one_line(err))
+                bar.update(n)
+                t_last = time.perf_counter()
+        finally:
+            bar.close()
+            for s in slides:  # an interrupted run leaves no temp files behind from this process
+                if s.writers and s.done < s.source.n and not s.error:
+                    for w in s.writers.values():
+                        w.abort()
+    total = time.perf_counter() - t_start
+    run.timing.update(total_s=total, patches_per_s=run.timing["patches"] / total if total > 0 else 0.0,
+                      workers=workers)
+    run.flush()
+    dirs = {enc.name: out_dir / f"features_{enc.name}" for enc in loaded}
+    return ExtractionResult(out_dir, run.manifest, [run.rows[k] for k in run.order], dirs, run.timing)
+
+
+def summarize(result: ExtractionResult) -> str:
+    """A few lines: per encoder the counts, each failure's reason, then where the time went."""
+    lines = []
+    for name in dict.fromkeys(r.encoder for r in result.rows):
+        rows = [r for r in result.rows if r.encoder == name]
+        count = {s: sum(r.status == s for r in rows) for s in ("ok", "skipped", "failed")}
+        lines.append(f"{name}: slides {len(rows)}  ok {count['ok']}  skipped {count['skipped']}  "
+                     f"failed {count['failed']}")
+    lines += [f"failed: {r.slide} [{r.encoder}]: {r.error}" for r in result.failed]
+    t = result.timing
+    if t.get("patches"):
+        lines.append(
+            f"time: {t['patches']} patches in {t['total_s']:.1f} s ({t['patches_per_s']:.1f} patches/s): "
+            f"model {t['model_s']:.1f} s, waiting for data {t['wait_s']:.1f} s, writing {t['write_s']:.1f} s; "
+            f"read+decode+preprocess {t['read_s']:.1f} s of "
+            + (f"{t['workers']} workers' time (overlapped)" if t["workers"] else "main-process time")
+        )
+    return "\n".join(lines) + "\n"
