@@ -44,7 +44,8 @@ def extract_features(
 
     Example: pathgen extract-features -e dino=runs/ssl -e timm:vit_small_patch16_224 -s patches/manifest.csv -o feats
     """
-    from pathgen.features.extract import extract_features as run, summarize
+    from pathgen.features.extract import extract_features as run
+    from pathgen.features.extract import summarize
     from pathgen.runtime.distributed import cleanup
 
     try:

@@ -52,7 +52,8 @@ def _timm_folder(spec: str, path: Path, img_size: int | None) -> tuple[torch.nn.
     try:  # timm reads the weights with weights_only=True (or safetensors): nothing is unpickled
         model = timm.create_model(f"local-dir:{path}", pretrained=True, num_classes=0, **kwargs)
     except Exception as err:  # noqa: BLE001 - timm raises many types for a bad folder
-        raise EncoderError(path, f"cannot load timm folder ({type(err).__name__}: {str(err).splitlines()[0]})") from None
+        first = str(err).splitlines()[0] if str(err) else ""
+        raise EncoderError(path, f"cannot load timm folder ({type(err).__name__}: {first})") from None
     cfg = timm.data.resolve_data_config({}, model=model)
     size = img_size or cfg["input_size"][-1]
     return model.eval(), eval_transform(size, mean=cfg["mean"], std=cfg["std"], crop_pct=cfg.get("crop_pct", 1.0))

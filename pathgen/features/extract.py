@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from pathgen.errors import ConfigError, PathgenError, StoreError
-from pathgen.features.encoders import FeatureEncoder, check_names, load_feature_encoder
+from pathgen.features.encoders import FeatureEncoder, check_names, load_feature_encoder, split_name
 from pathgen.features.h5 import FeatureFileWriter, feature_path, is_up_to_date, pt_path, settings_json
 from pathgen.features.patches import SlidePatches, SlideSource, find_slide, plan_from_store, slide_batches
 
@@ -264,8 +264,9 @@ def extract_features(
             loaded.append(load_feature_encoder(spec, img_size=img_size, seed=seed))
         except PathgenError as err:  # this encoder fails on every slide; the others carry on
             print(f"error: {_one_line(err)}", file=sys.stderr)
+            name = split_name(spec)[0] or spec
             for p in paths:
-                run.record(FeatureRow(p.name.split(".")[0], spec, "failed", 0, 0.0, _one_line(err)), flush=False)
+                run.record(FeatureRow(p.name.split(".")[0], name, "failed", 0, 0.0, _one_line(err)), flush=False)
     check_names(loaded)
     for enc in loaded:
         enc.model.to(dev)

@@ -44,7 +44,7 @@ def read_labels(path: str | Path) -> list[tuple[str, str, str]]:
             reader = csv.DictReader(f)
             columns = set(reader.fieldnames or [])
             if not {"slide_id", "label"} <= columns:
-                raise ConfigError(path, f"labels need columns slide_id,label (optional case_id); found {sorted(columns)}")
+                raise ConfigError(path, f"labels need columns slide_id,label (case_id optional), not {sorted(columns)}")
             rows, seen = [], {}
             for line, row in enumerate(reader, start=2):
                 slide, label = (row.get("slide_id") or "").strip(), (row.get("label") or "").strip()

@@ -19,8 +19,9 @@ def metrics_table(result: dict, title: str = "MIL") -> Table:
     table.add_column("n test", justify="right")
     for name in METRICS:
         table.add_column(HEADERS[name], justify="right")
+    seeded = len({r["seed"] for r in result["folds"]}) > 1
     for run in result["folds"]:
-        label = f"fold {run['fold']}" + (f" seed {run['seed']}" if len({r['seed'] for r in result['folds']}) > 1 else "")
+        label = f"fold {run['fold']}" + (f" seed {run['seed']}" if seeded else "")
         table.add_row(label, str(run["n_test"]), *(_fmt(run[m]) for m in METRICS))
     s = result["summary"]
     table.add_row("mean ± std", "", *(f"{_fmt(s[m]['mean'])} ± {_fmt(s[m]['std'])}" for m in METRICS), style="bold")

@@ -67,8 +67,8 @@ def predict_bags(model: torch.nn.Module, loader: DataLoader, device: torch.devic
     return torch.stack(probs).numpy(), float((np.asarray(losses) * w).sum() / max(w.sum(), 1e-12))
 
 
-def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray, seed: int,
-              device: torch.device, log_path: Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray, seed: int, device: torch.device,
+              log_path: Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
     """Train one model on cohort slides `train`, early-stopped on `val`; returns (best model on CPU, summary)."""
     from tqdm import tqdm
 
@@ -140,18 +140,24 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
 
 
 def _resolve(cfg: MILConfig | None, folds, seeds, splits, model, out_dir) -> MILConfig:
-    cfg = cfg.model_copy(deep=True) if cfg is not None else MILConfig()
-    if folds is not None:
-        cfg.cv.folds = folds
-    if seeds is not None:
-        cfg.cv.seeds = seeds
-    if splits is not None:
-        cfg.cv.splits = str(splits)
-    if model is not None:
-        cfg.model.name = model
-    cfg.run.out_dir = str(out_dir)
+    """The config with the keyword overrides applied and validated (ConfigError naming the key)."""
+    from pydantic import ValidationError
+
+    from pathgen.config import _describe
+
+    data = (cfg or MILConfig()).model_dump()
+    for section, key, value in (("cv", "folds", folds), ("cv", "seeds", seeds), ("model", "name", model),
+                                ("cv", "splits", None if splits is None else str(splits))):
+        if value is not None:
+            data[section][key] = value
+    data["run"]["out_dir"] = str(out_dir)
+    try:
+        cfg = MILConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError("mil config", _describe(err)) from None
     if cfg.cv.folds < 1 or cfg.cv.seeds < 1 or not 0 <= cfg.train.val_fraction < 1 or not 0 < cfg.cv.test_fraction < 1:
-        raise ConfigError(None, "need cv.folds >= 1, cv.seeds >= 1, 0 <= train.val_fraction < 1, 0 < test_fraction < 1")
+        raise ConfigError("mil config", "need cv.folds >= 1, cv.seeds >= 1, 0 <= train.val_fraction < 1 and "
+                          "0 < cv.test_fraction < 1")
     return cfg
 
 
@@ -192,8 +198,9 @@ def train_mil(
     save_config(cfg, out / "config.yaml")
     _write_csv(out / "skipped.csv", [{"slide_id": s, "reason": why} for s, why in cohort.skipped])
     if cohort.skipped:
-        print(f"skipped {len(cohort.skipped)} slide(s) (see {out / 'skipped.csv'}): "
-              + ", ".join(f"{s} ({why})" for s, why in cohort.skipped[:5]) + (" ..." if len(cohort.skipped) > 5 else ""))
+        listed = ", ".join(f"{s} ({why})" for s, why in cohort.skipped[:5])
+        more = " ..." if len(cohort.skipped) > 5 else ""
+        print(f"skipped {len(cohort.skipped)} slide(s) (see {out / 'skipped.csv'}): {listed}{more}")
     seed = cfg.run.seed
     if cfg.cv.splits:
         rows = read_splits(cfg.cv.splits, cohort.slides, cohort.cases)
@@ -216,7 +223,8 @@ def train_mil(
             from pathgen.mil.splits import carve_validation
 
             t = part["train"]
-            is_val = carve_validation(cohort.labels[t], np.asarray(cohort.cases)[t], cfg.train.val_fraction, seed + fold)
+            cases = np.asarray(cohort.cases)[t]
+            is_val = carve_validation(cohort.labels[t], cases, cfg.train.val_fraction, seed + fold)
             part["train"], part["val"] = t[~is_val], t[is_val]
         for s in range(cfg.cv.seeds):
             name = run_name(fold, s, cfg.cv.seeds)
