@@ -231,3 +231,31 @@ def test_slide_embed_mean_and_mil_attention(cohort, two, tmp_path):
             z, attention = model.embed(torch.from_numpy(g["features"][:]))
         np.testing.assert_allclose(f["embeddings"][1], z.numpy(), rtol=1e-5, atol=1e-6)
         assert abs(float(attention.sum()) - 1) < 1e-5
+
+
+def test_mil_heatmap_png_on_the_slide_thumbnail(cohort, two, demo_cohort, tmp_path):
+    from PIL import Image
+
+    from pathgen.config import load_config
+    from pathgen.mil.config import MILConfig
+    from pathgen.mil.train import train_mil
+
+    labels = tmp_path / "labels.csv"
+    rows = list(csv.DictReader(open(demo_cohort)))
+    labels.write_text("slide_id,label\n" + "".join(f"{Path(r['slide']).stem},{r['label']}\n" for r in rows))
+    cfg = load_config(MILConfig, "configs/mil/tiny_cpu.yaml", ["train.epochs=2", "metrics.bootstrap=0"])
+    features = two.out_dir / "features_dino"
+    train_mil(features, labels, tmp_path / "mil", cfg, folds=2, progress=False)
+    positive = next(Path(r["slide"]).stem for r in rows if r["label"] == "positive")
+    png = tmp_path / "heat.png"
+    result = CliRunner().invoke(app, ["mil", "heatmap", "-m", str(tmp_path / "mil"), "-f", str(features),
+                                      "--slide", positive, "-o", str(png), "--slide-root", str(cohort["slides"])])
+    assert result.exit_code == 0, result.output
+    assert "predicted" in result.output
+    img = np.asarray(Image.open(png).convert("RGB"))
+    assert img.shape[1] > 1.8 * img.shape[0]  # thumbnail and overlay side by side, plus the colour bar
+    left, right = img[:, : img.shape[1] // 2], img[:, img.shape[1] // 2 :]
+    assert np.abs(left.astype(int) - right[:, : left.shape[1]].astype(int)).mean() > 5  # the overlay is drawn
+    missing = CliRunner().invoke(app, ["mil", "heatmap", "-m", str(tmp_path / "mil"), "-f", str(features),
+                                       "--slide", "nope", "-o", str(tmp_path / "x.png")])
+    assert missing.exit_code == 1 and "no feature file for slide 'nope'" in missing.output
