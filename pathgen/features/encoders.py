@@ -56,14 +56,6 @@ def default_name(spec: str) -> str:
     return folder.name or "encoder"
 
 
-def file_sha256(path: str | Path, chunk: int = 2**22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def weights_sha256(model: torch.nn.Module) -> str:
     """sha256 over the state dict (names, dtypes, shapes, bytes): identifies weights that have no file."""
     digest = hashlib.sha256()
@@ -76,12 +68,11 @@ def weights_sha256(model: torch.nn.Module) -> str:
 
 def _sha256(spec: str, model: torch.nn.Module) -> str:
     from pathgen.eval.encoders import RANDOM_PREFIX, TIMM_PREFIX, is_timm_folder
-    from pathgen.ssl.export import WEIGHTS
+    from pathgen.ssl.export import encoder_sha256
 
-    path = Path(spec)
-    if spec.startswith((TIMM_PREFIX, RANDOM_PREFIX)) or is_timm_folder(path):
+    if spec.startswith((TIMM_PREFIX, RANDOM_PREFIX)) or is_timm_folder(Path(spec)):
         return weights_sha256(model)
-    return file_sha256(path / WEIGHTS if path.is_dir() else path)  # what `sha256sum encoder.safetensors` prints
+    return encoder_sha256(spec)  # of the weights file: what `sha256sum encoder.safetensors` prints
 
 
 def load_feature_encoder(spec: str, img_size: int | None = None, seed: int = 0) -> FeatureEncoder:

@@ -52,16 +52,6 @@ def _one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def store_id(store) -> str:
-    """A checksum of a store's coords and attributes: a re-tiled slide gets a new id, a moved store keeps it."""
-    import hashlib
-    import json
-
-    digest = hashlib.sha256(np.ascontiguousarray(store.coords).tobytes())
-    digest.update(json.dumps({k: v for k, v in store.attrs.items()}, sort_keys=True, default=str).encode())
-    return digest.hexdigest()
-
-
 def _expected(enc: FeatureEncoder, sid: str, fp16: bool) -> dict:
     """The attributes that must match for a finished file to be reused."""
     return {"store_id": sid, "encoder_sha256": enc.sha256,
@@ -101,8 +91,9 @@ class _Slide:
 class _Extraction:
     """The state of one run: the rows, the slides and the timing counters."""
 
-    def __init__(self, out_dir: Path, fp16: bool, export_pt: bool, manifest: Path):
+    def __init__(self, out_dir: Path, fp16: bool, export_pt: bool, manifest: Path, precision):
         self.out_dir, self.fp16, self.export_pt, self.manifest = out_dir, fp16, export_pt, manifest
+        self.precision = precision  # pathgen.runtime.device.Precision: bf16 autocast on capable GPUs, fp32 on CPU
         self.rows: dict[tuple[str, str], FeatureRow] = {}
         self.order: list[tuple[str, str]] = []
         self.timing = {"patches": 0, "wait_s": 0.0, "model_s": 0.0, "write_s": 0.0, "read_s": 0.0}
@@ -131,7 +122,7 @@ class _Extraction:
             with open_store(path) as store:
                 if not store.has_images and from_slides is None:
                     raise StoreError(path, "store has no images (tiled with --coords-only); pass --from-slides")
-                sid = store_id(store)
+                sid = store.content_id
                 todo, attrs = [], {}
                 for enc in encoders:
                     target = feature_path(self.out_dir, enc.name, slide)
@@ -190,13 +181,11 @@ class _Extraction:
         self.flush()
 
     def forward(self, s: _Slide, images: dict, device: torch.device) -> None:
-        from pathgen.runtime.device import autocast
-
         t0 = time.perf_counter()
         inputs = {key: images[key].to(device, non_blocking=True) for key in s.source.keys}
         outputs = {}
         for enc in s.todo:
-            with autocast(device):
+            with self.precision.autocast():
                 outputs[enc.name] = enc.model(inputs[enc.transform_key]).float().cpu().numpy()
         t1 = time.perf_counter()
         for name, feats in outputs.items():
@@ -224,6 +213,7 @@ def extract_features(
     export_pt: bool = False,
     img_size: int | None = None,
     device: str | None = None,
+    precision: str = "auto",
     seed: int = 0,
     overwrite: bool = False,
     reader: str = "openslide",
@@ -234,11 +224,12 @@ def extract_features(
     encoders: `[NAME=]SPEC` strings (an exported encoder, `random:<export>`, `timm:<name>` or a local timm
     folder); NAME defaults to the export's folder name (see `default_name`). Writes
     <out_dir>/features_<NAME>/<slide>.h5 (TRIDENT's layout, see pathgen.features.h5) and <out_dir>/manifest.csv
-    (manifest.shard-R-of-W.csv per rank under torchrun). Returns the rows and a timing breakdown.
+    (manifest.shard-R-of-W.csv per rank under torchrun). Returns the rows and a timing breakdown. `precision`:
+    auto (bf16 autocast on GPUs that compute it natively, fp16 on older ones, fp32 on the CPU), fp32, bf16, fp16.
     """
-    from tqdm import tqdm
-
+    from pathgen.runtime.device import precision_for
     from pathgen.runtime.distributed import get_rank, get_world_size, init_distributed, is_main_process
+    from pathgen.runtime.progress import progress_bar
     from pathgen.store import find_stores
 
     if batch_size < 1 or workers < 0:
@@ -255,7 +246,7 @@ def extract_features(
     dev = init_distributed(device)
     rank, world = get_rank(), get_world_size()
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Extraction(out_dir, fp16, export_pt, out_dir / _shard_name(rank, world))
+    run = _Extraction(out_dir, fp16, export_pt, out_dir / _shard_name(rank, world), precision_for(dev, precision))
     paths = paths[rank::world]
 
     loaded: list[FeatureEncoder] = []
@@ -286,8 +277,8 @@ def extract_features(
             dataset, batch_sampler=slide_batches(dataset.sources, batch_size), num_workers=workers,
             pin_memory=dev.type == "cuda",
         )
-        bar = tqdm(total=len(dataset), unit="patch", desc=f"features (rank {rank})" if world > 1 else "features",
-                   disable=not progress or not is_main_process(), smoothing=0.1)
+        desc = f"features (rank {rank})" if world > 1 else "features"
+        bar = progress_bar(total=len(dataset), unit="patch", desc=desc, disable=not progress or not is_main_process())
         try:
             t_last = time.perf_counter()
             for images, ks, seconds, errors in loader:

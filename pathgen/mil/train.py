@@ -5,7 +5,8 @@ loss of a case-grouped split carved from the training slides; the best epoch's w
 
     OUT/config.yaml                   the full config
     OUT/splits.csv                    slide_id,case_id,fold,split (reusable with --splits)
-    OUT/models/fold<F>[_seed<S>].safetensors, OUT/logs/fold<F>[_seed<S>].jsonl
+    OUT/models/fold<F>[_seed<S>].safetensors
+    OUT/logs/fold<F>[_seed<S>]/       log.jsonl and TensorBoard events, one step per epoch
     OUT/predictions.csv               out-of-fold probabilities, one row per slide and run
     OUT/metrics.json                  {"summary": {metric: {mean, std, pooled, ci95}}, "folds": [...], "classes"}
     OUT/skipped.csv                   slides without features / without a label / without patches
@@ -50,7 +51,7 @@ def _loader(dataset: BagDataset, shuffle: bool, seed: int, workers: int) -> Data
 def predict_bags(model: torch.nn.Module, loader: DataLoader, device: torch.device,
                  weight: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
     """(softmax probabilities [n, C], class-weighted mean cross-entropy) over a loader of (bag, label)."""
-    from pathgen.runtime.device import autocast
+    from pathgen.runtime.device import autocast  # the run's automatic precision (bf16 on capable GPUs)
 
     model.eval()
     probs, losses, weights = [], [], []
@@ -68,16 +69,22 @@ def predict_bags(model: torch.nn.Module, loader: DataLoader, device: torch.devic
 
 
 def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray, seed: int, device: torch.device,
-              log_path: Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
-    """Train one model on cohort slides `train`, early-stopped on `val`; returns (best model on CPU, summary)."""
-    from tqdm import tqdm
+              log_dir: Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+    """Train one model on cohort slides `train`, early-stopped on `val`; returns (best model on CPU, summary).
 
-    from pathgen.runtime.device import autocast
+    Per epoch, `log_dir` gets a log.jsonl line and TensorBoard scalars (train/loss, val/loss, val/<metric>, seconds).
+    """
+    from pathgen.runtime.device import precision_for
+    from pathgen.runtime.progress import progress_bar
+    from pathgen.runtime.runlog import RunLog
+    from pathgen.runtime.seeding import seed_everything
 
-    torch.manual_seed(seed)
+    seed_everything(seed)
+    precision = precision_for(device, cfg.run.precision)
     n_classes = len(cohort.classes)
     model = build_model(cfg.model, cohort.in_dim, n_classes).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scaler = precision.grad_scaler()
     y_train = cohort.labels[train]
     weight = class_weights(y_train, n_classes).to(device) if cfg.train.class_weighted else None
     files = np.asarray(cohort.files, dtype=object)
@@ -86,9 +93,9 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
     sampler = torch.Generator().manual_seed(seed + 1)  # instance subsets, separate from the bag order
     best = {"loss": float("inf"), "epoch": -1, "state": None}
     steps, stale, epoch = 0, 0, 0
-    log = open(log_path, "w", encoding="utf-8") if log_path else None  # noqa: SIM115 - closed in finally
-    bar = tqdm(total=cfg.train.epochs, desc=log_path.stem if log_path else "mil", unit="epoch", leave=False,
-               disable=not progress)
+    log = RunLog(log_dir, enabled=log_dir is not None)
+    bar = progress_bar(total=cfg.train.epochs, desc=log_dir.name if log_dir else "mil", unit="epoch", leave=False,
+                       disable=not progress)
     try:
         for epoch in range(cfg.train.epochs):
             t0 = time.perf_counter()
@@ -97,43 +104,41 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
             for x, y in train_loader:
                 if cfg.train.max_instances is not None and len(x) > cfg.train.max_instances:
                     x = x[torch.randperm(len(x), generator=sampler)[: cfg.train.max_instances]]
-                with autocast(device):
+                with precision.autocast():
                     logits, _ = model(x.to(device, non_blocking=True))
                 # One bag per step: a weighted *mean* over a batch of one cancels the weight, so scale explicitly.
                 loss = F.cross_entropy(logits.float()[None], torch.tensor([int(y)], device=device))
                 if weight is not None:
                     loss = loss * weight[int(y)]
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
                 total += float(loss.detach())
                 steps += 1
                 if cfg.run.max_steps is not None and steps >= cfg.run.max_steps:
                     break
-            row = {"epoch": epoch, "train_loss": total / max(1, len(train_loader)), "seconds": 0.0}
+            values = {"train/loss": total / max(1, len(train_loader))}
             if len(val):
                 val_probs, val_loss = predict_bags(model, val_loader, device, weight)
-                row.update(val_loss=val_loss, **{f"val_{k}": v for k, v in
-                                                 compute_metrics(cohort.labels[val], val_probs).items()})
+                values["val/loss"] = val_loss
+                values.update({f"val/{k}": v for k, v in compute_metrics(cohort.labels[val], val_probs).items()})
                 if val_loss < best["loss"] - 1e-6:
                     best.update(loss=val_loss, epoch=epoch, state=copy.deepcopy(model.state_dict()))
                     stale = 0
                 else:
                     stale += 1
-            row["seconds"] = time.perf_counter() - t0
-            if log:
-                log.write(json.dumps(json_safe(row)) + "\n")
-                log.flush()
+            values["seconds"] = time.perf_counter() - t0
+            log.scalars(epoch, {k: v for k, v in values.items() if np.isfinite(v)}, epoch=epoch)
             bar.update(1)
-            bar.set_postfix(loss=f"{row['train_loss']:.3f}", **({"val": f"{row['val_loss']:.3f}"} if len(val) else {}))
+            bar.set_postfix({k.replace("/loss", ""): f"{v:.3f}" for k, v in values.items() if k.endswith("loss")})
             if cfg.run.max_steps is not None and steps >= cfg.run.max_steps:
                 break
             if len(val) and epoch + 1 >= cfg.train.min_epochs and stale >= cfg.train.patience:
                 break
     finally:
         bar.close()
-        if log:
-            log.close()
+        log.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     return model.cpu().eval(), {"epochs": epoch + 1, "best_epoch": best["epoch"] if len(val) else epoch}
@@ -143,7 +148,7 @@ def _resolve(cfg: MILConfig | None, folds, seeds, splits, model, out_dir) -> MIL
     """The config with the keyword overrides applied and validated (ConfigError naming the key)."""
     from pydantic import ValidationError
 
-    from pathgen.config import _describe
+    from pathgen.config import describe_error
 
     data = (cfg or MILConfig()).model_dump()
     for section, key, value in (("cv", "folds", folds), ("cv", "seeds", seeds), ("model", "name", model),
@@ -154,7 +159,7 @@ def _resolve(cfg: MILConfig | None, folds, seeds, splits, model, out_dir) -> MIL
     try:
         cfg = MILConfig.model_validate(data)
     except ValidationError as err:
-        raise ConfigError("mil config", _describe(err)) from None
+        raise ConfigError("mil config", describe_error(err)) from None
     if cfg.cv.folds < 1 or cfg.cv.seeds < 1 or not 0 <= cfg.train.val_fraction < 1 or not 0 < cfg.cv.test_fraction < 1:
         raise ConfigError("mil config", "need cv.folds >= 1, cv.seeds >= 1, 0 <= train.val_fraction < 1 and "
                           "0 < cv.test_fraction < 1")
@@ -228,8 +233,8 @@ def train_mil(
             part["train"], part["val"] = t[~is_val], t[is_val]
         for s in range(cfg.cv.seeds):
             name = run_name(fold, s, cfg.cv.seeds)
-            net, info = train_run(cfg, cohort, part["train"], part["val"], seed + s, device,
-                                  out / "logs" / f"{name}.jsonl", progress)
+            net, info = train_run(cfg, cohort, part["train"], part["val"], seed + s, device, out / "logs" / name,
+                                  progress)
             test_loader = _loader(BagDataset(np.asarray(cohort.files, dtype=object)[part["test"]],
                                              cohort.labels[part["test"]]), False, seed, cfg.train.num_workers)
             probs, _ = predict_bags(net.to(device), test_loader, device)
