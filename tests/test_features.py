@@ -16,6 +16,7 @@ import torch
 from typer.testing import CliRunner
 
 from pathgen.cli import app
+from pathgen.data.augment import IMAGENET_MEAN, eval_transform
 from pathgen.features.extract import extract_features
 from pathgen.slide.tiler import tile_cohort
 from pathgen.ssl.export import create_backbone, export_encoder, load_encoder
@@ -259,3 +260,25 @@ def test_mil_heatmap_png_on_the_slide_thumbnail(cohort, two, demo_cohort, tmp_pa
     missing = CliRunner().invoke(app, ["mil", "heatmap", "-m", str(tmp_path / "mil"), "-f", str(features),
                                        "--slide", "nope", "-o", str(tmp_path / "x.png")])
     assert missing.exit_code == 1 and "no feature file for slide 'nope'" in missing.output
+
+
+def test_local_timm_folder_encoder_with_its_own_preprocessing(cohort, tmp_path):
+    import timm
+    from timm.models._hub import save_for_hf
+
+    args = {"img_size": 32, "depth": 2, "embed_dim": 32, "num_heads": 2, "patch_size": 8}
+    torch.manual_seed(3)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=0, **args).eval()
+    folder = tmp_path / "hf_vit"
+    save_for_hf(model, str(folder), model_args=args, safe_serialization=True)  # config.json + model.safetensors
+    result = _run(cohort, tmp_path / "out", [f"hf={folder}"], img_size=None)
+    assert not result.failed
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True, num_classes=0)
+    cfg = timm.data.resolve_data_config({}, model=loaded)  # the folder's own preprocessing, as timm resolves it
+    assert cfg["input_size"] == (3, 32, 32) and cfg["crop_pct"] != 1.0 and cfg["mean"] != IMAGENET_MEAN
+    transform = eval_transform(32, cfg["mean"], cfg["std"], crop_pct=cfg["crop_pct"])
+    store = open_store(cohort["images"].parent / "slide_001.zarr")
+    with torch.inference_mode():
+        expected = model(torch.stack([transform(store[i]) for i in range(len(store))])).numpy()
+    with h5py.File(tmp_path / "out" / "features_hf" / "slide_001.h5") as f:
+        np.testing.assert_allclose(f["features"][:], expected, rtol=1e-5, atol=1e-5)
