@@ -43,9 +43,9 @@ def bare_forward(spec: str, manifest: Path, batch_size: int, img_size: int | Non
     sources = []
     for path in find_stores(manifest):
         with open_store(path) as store:
-            sources.append(SlideSource(path.stem, path, len(store), (enc.transform_key,)))
-    data = SlidePatches(sources, {enc.transform_key: enc.transform})
-    batches = [torch.stack([data[i][0][enc.transform_key] for i in b]) for b in slide_batches(sources, batch_size)]
+            sources.append(SlideSource(path.stem, path, len(store), ("x",)))
+    data = SlidePatches(sources, {"x": enc.transform})  # the encoder's whole preprocessing, done up front
+    batches = [torch.stack([data[i][0]["x"] for i in b]) for b in slide_batches(sources, batch_size)]
     with torch.inference_mode():
         t0 = time.perf_counter()
         for x in batches:
@@ -70,9 +70,9 @@ def main() -> None:
     ap.add_argument("--patch-size", type=int, default=224)
     ap.add_argument("--mpp", type=float, default=0.25)
     ap.add_argument("--encoder", default="timm:vit_small_patch16_224")
-    ap.add_argument("--small", nargs=2, default=["timm:resnet18", "timm:vit_tiny_patch16_224"],
+    ap.add_argument("--small", nargs=2, default=["timm:resnet18", "timm:mobilenetv3_small_100"],
                     help="the two encoders of the one-pass comparison")
-    ap.add_argument("--small-size", type=int, default=64, help="input size of the two small encoders")
+    ap.add_argument("--small-size", type=int, default=32, help="input size of the two small encoders")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=3)

@@ -218,6 +218,17 @@ def test_slide_embed_mean_and_mil_attention(cohort, two, tmp_path):
         np.testing.assert_allclose(emb[2], f["features"][:].mean(0), rtol=1e-5, atol=1e-6)
     table = list(csv.reader(open(tmp_path / "slides.csv")))
     assert table[0][:2] == ["slide_id", "e0"] and len(table) == 5 and len(table[1]) == 33
+    np.testing.assert_allclose(np.array(table[3][1:], float), emb[2], rtol=1e-6)
+    import importlib.util
+
+    parquet = CliRunner().invoke(app, ["slide-embed", "-f", str(folder), "-o", str(tmp_path / "p.h5"),
+                                       "--table", str(tmp_path / "slides.parquet")])
+    if importlib.util.find_spec("pyarrow") is None:  # an optional extra: a one-line error naming what to install
+        assert parquet.exit_code == 1 and "pip install pyarrow" in parquet.output
+    else:
+        import pyarrow.parquet as pq
+
+        assert parquet.exit_code == 0 and pq.read_table(tmp_path / "slides.parquet").num_rows == 4
 
     torch.manual_seed(0)
     model = build_model(MILModelConfig(hidden_dim=16, attn_dim=8), 32, 2).eval()

@@ -1,7 +1,8 @@
 """`pathgen extract-features`: per-patch features of a cohort's patch stores, for several encoders in one pass.
 
-Every patch is read and decoded once (by DataLoader workers, overlapping the forward passes) and fed to every
-encoder that still needs its slide. Each slide's file is written under a temporary name and renamed when complete;
+Every patch is read and decoded once (by DataLoader workers, overlapping the forward passes), resized once per
+input size, and fed to every encoder that still needs its slide; each encoder's normalisation runs batched on the
+device. Each slide's file is written under a temporary name and renamed when complete;
 a rerun skips slides whose file records the same store, encoder sha256 and settings. A slide that cannot be read,
 or an encoder that cannot be loaded, fails with a one-line reason in the manifest and the others carry on.
 Under torchrun the slides are sharded across ranks (rank r takes slides r, r + W, ...).
@@ -138,7 +139,7 @@ class _Extraction:
                 slide_path = plan = None
                 if from_slides is not None:
                     slide_path, plan = find_slide(store, from_slides), plan_from_store(store)
-                keys = tuple(dict.fromkeys(enc.transform_key for enc in todo))
+                keys = tuple(dict.fromkeys(enc.resize_key for enc in todo))
                 source = SlideSource(slide, path, len(store), keys, slide_path, plan)
                 return _Slide(source, path, store.coords, store.tissue_fraction, dict(store.attrs), attrs, todo)
         except PathgenError as err:
@@ -186,7 +187,7 @@ class _Extraction:
         outputs = {}
         for enc in s.todo:
             with self.precision.autocast():
-                outputs[enc.name] = enc.model(inputs[enc.transform_key]).float().cpu().numpy()
+                outputs[enc.name] = enc.model(enc.normalize(inputs[enc.resize_key])).float().cpu().numpy()
         t1 = time.perf_counter()
         for name, feats in outputs.items():
             s.writers[name].write(s.done, feats)
@@ -271,7 +272,7 @@ def extract_features(
 
     t_start = time.perf_counter()
     if slides:
-        transforms = {enc.transform_key: enc.transform for enc in loaded}
+        transforms = {enc.resize_key: enc.resizer() for enc in loaded}  # workers: decode + resize, uint8
         dataset = SlidePatches([s.source for s in slides], transforms, reader=reader)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=slide_batches(dataset.sources, batch_size), num_workers=workers,

@@ -1,4 +1,4 @@
-"""The patches of many slides as one Dataset: each read and decoded once, then preprocessed for every encoder.
+"""The patches of many slides as one Dataset: each read and decoded once, then resized for every input size.
 
 A slide's pixels come from its patch store, or (`--from-slides`) straight from the slide file through the
 tiler's own reader (`pathgen.slide.read_patch`) with the patch plan recorded in the store's attributes, so both
@@ -59,7 +59,7 @@ def find_slide(store, slide_root: Path) -> Path:
 
 
 class SlidePatches(Dataset):
-    """Item i -> ({transform key: preprocessed patch}, slide index, seconds spent reading+preprocessing, error).
+    """Item i -> ({key: transforms[key](patch)}, slide index, seconds spent reading+preprocessing, error).
 
     A patch that cannot be read yields zeros and a one-line error, so one bad slide fails alone.
     """
@@ -109,7 +109,7 @@ class SlidePatches(Dataset):
             error = ""
         except Exception as err:  # noqa: BLE001 - this slide fails, the others carry on
             size = {key: self.transforms[key].size for key in src.keys}
-            out = {key: torch.zeros(3, size[key], size[key]) for key in src.keys}
+            out = {key: torch.zeros(3, size[key], size[key], dtype=torch.uint8) for key in src.keys}
             error = " ".join(str(err).split()) or type(err).__name__
         return out, k, time.perf_counter() - t0, error
 
