@@ -130,7 +130,8 @@ class _Extraction:
                     _remove_stale_temps(target)
                     _remove_stale_temps(pt_path(target))
                     if not overwrite and is_up_to_date(target, _expected(enc, sid, self.fp16), self.export_pt):
-                        self.record(FeatureRow(slide, enc.name, "skipped", len(store), 0.0, "", self._rel(target)))
+                        row = FeatureRow(slide, enc.name, "skipped", len(store), 0.0, "", self._rel(target))
+                        self.record(row, flush=False)  # flushed once all stores are prepared
                         continue
                     todo.append(enc)
                     attrs[enc.name] = _file_attrs(enc, store, sid, self.fp16, slide)
