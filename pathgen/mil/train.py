@@ -49,14 +49,15 @@ def _loader(dataset: BagDataset, shuffle: bool, seed: int, workers: int) -> Data
 
 @torch.inference_mode()
 def predict_bags(model: torch.nn.Module, loader: DataLoader, device: torch.device,
-                 weight: torch.Tensor | None = None) -> tuple[np.ndarray, float]:
+                 weight: torch.Tensor | None = None, precision=None) -> tuple[np.ndarray, float]:
     """(softmax probabilities [n, C], class-weighted mean cross-entropy) over a loader of (bag, label)."""
-    from pathgen.runtime.device import autocast  # the run's automatic precision (bf16 on capable GPUs)
+    from pathgen.runtime.device import precision_for
 
+    precision = precision or precision_for(device)
     model.eval()
     probs, losses, weights = [], [], []
     for x, y in loader:
-        with autocast(device):
+        with precision.autocast():
             logits, _ = model(x.to(device, non_blocking=True))
         logits = logits.float()
         probs.append(torch.softmax(logits, -1).cpu())
@@ -120,7 +121,7 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
                     break
             values = {"train/loss": total / max(1, len(train_loader))}
             if len(val):
-                val_probs, val_loss = predict_bags(model, val_loader, device, weight)
+                val_probs, val_loss = predict_bags(model, val_loader, device, weight, precision)
                 values["val/loss"] = val_loss
                 values.update({f"val/{k}": v for k, v in compute_metrics(cohort.labels[val], val_probs).items()})
                 if val_loss < best["loss"] - 1e-6:
@@ -194,7 +195,7 @@ def train_mil(
     from pathgen.config import save_config
     from pathgen.mil.report import print_metrics
     from pathgen.mil.splits import check_grouping, make_splits, read_splits, write_splits
-    from pathgen.runtime.device import get_device
+    from pathgen.runtime.device import get_device, precision_for
 
     cfg = _resolve(cfg, folds, seeds, splits, model, out_dir)
     out = Path(out_dir)
@@ -216,6 +217,7 @@ def train_mil(
     write_splits(out / "splits.csv", rows)
 
     device = get_device(cfg.run.device)
+    precision = precision_for(device, cfg.run.precision)
     index = {s: i for i, s in enumerate(cohort.slides)}
     encoder = _encoder_name(cohort.files[0])
     runs, predictions = [], []
@@ -237,7 +239,7 @@ def train_mil(
                                   progress)
             test_loader = _loader(BagDataset(np.asarray(cohort.files, dtype=object)[part["test"]],
                                              cohort.labels[part["test"]]), False, seed, cfg.train.num_workers)
-            probs, _ = predict_bags(net.to(device), test_loader, device)
+            probs, _ = predict_bags(net.to(device), test_loader, device, precision=precision)
             net.cpu()
             save_model(net, out / "models" / f"{name}.safetensors", {
                 "model": cfg.model.model_dump(), "in_dim": cohort.in_dim, "classes": cohort.classes, "fold": fold,
