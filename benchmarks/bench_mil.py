@@ -10,8 +10,9 @@ AdamW, bags read lazily from the h5 files by 2 DataLoader workers, fp32 on the C
 - torchmil: `ProcessedMILDataset` over the same files, `torchmil.models.ABMIL(gated=True, feat_ext=...)`
   (its binary head) and `torchmil.utils.Trainer`, one `train(max_epochs=1)` per epoch (training + validation).
 
-Each side runs in a fresh subprocess whose process tree's RSS (workers included) is sampled every 50 ms with
-psutil; sides alternate over --rounds rounds and the medians are printed. Needs `pip install -e ".[bench]"`.
+Each side runs in a fresh subprocess whose process tree's memory (workers included; proportional set size, so
+pages shared between the main process and its forked workers count once) is sampled every 50 ms with psutil;
+sides alternate over --rounds rounds and the medians are printed. Needs `pip install -e ".[bench]"`.
 
     python benchmarks/bench_mil.py
     python benchmarks/bench_mil.py --epochs 3 --rounds 3
@@ -108,7 +109,7 @@ print(json.dumps({"epoch_seconds": seconds}))
 
 
 def run_side(code: str, args: list[str]) -> tuple[list[float], float]:
-    """(per-epoch seconds, peak RSS of the process tree in GiB) of one fresh subprocess."""
+    """(per-epoch seconds, peak memory of the process tree in GiB: the sum of PSS) of one fresh subprocess."""
     import psutil
 
     proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -117,7 +118,8 @@ def run_side(code: str, args: list[str]) -> tuple[list[float], float]:
     while proc.poll() is None:
         try:
             tree = [root, *root.children(recursive=True)]
-            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+            # PSS: pages the workers share with the main process (torch itself) count once, not once per process
+            peak = max(peak, sum(p.memory_full_info().pss for p in tree if p.is_running()))
         except psutil.Error:
             pass
         time.sleep(0.05)
