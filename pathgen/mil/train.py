@@ -94,6 +94,10 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
     sampler = torch.Generator().manual_seed(seed + 1)  # instance subsets, separate from the bag order
     best = {"loss": float("inf"), "epoch": -1, "state": None}
     steps, stale, epoch = 0, 0, 0
+    if log_dir is not None and log_dir.exists():  # a new run replaces an old one's log, never appends to it
+        import shutil
+
+        shutil.rmtree(log_dir)
     log = RunLog(log_dir, enabled=log_dir is not None)
     bar = progress_bar(total=cfg.train.epochs, desc=log_dir.name if log_dir else "mil", unit="epoch", leave=False,
                        disable=not progress)
