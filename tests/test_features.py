@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from pathgen.cli import app
 from pathgen.data.augment import IMAGENET_MEAN, eval_transform
 from pathgen.features.extract import extract_features
+from pathgen.features.h5 import read_feature_file
 from pathgen.slide.tiler import tile_cohort
 from pathgen.ssl.export import create_backbone, export_encoder, load_encoder
 from pathgen.store import open_store
@@ -70,9 +71,10 @@ def test_h5_layout_reads_like_trident_and_clam(cohort, two):
             assert coords.dtype == np.int64 and coords.shape == (len(store), 2)
             np.testing.assert_array_equal(coords, store.coords)
             np.testing.assert_array_equal(f["tissue_fraction"][:], store.tissue_fraction)
+            assert read_feature_file(path, features=False).coords_attrs == store.coords_attrs  # CLAM's, TRIDENT's
             for key in ("patch_size", "patch_level", "patch_size_level0", "level0_magnification",
                         "target_magnification", "slide_path"):
-                assert coords_attrs[key] == store.attrs[key]
+                assert key in coords_attrs
             root = dict(f.attrs)
             assert root["encoder"] == "dino" and root["encoder_sha256"] == sha and root["embed_dim"] == 32
             assert root["patch_mpp"] == 0.5 and root["patch_size"] == 32
@@ -132,7 +134,7 @@ def test_bad_store_slide_and_encoder_fail_alone(cohort, tmp_path):
         "extract-features", "-e", TIMM, "-e", f"broken={tmp_path / 'nope'}", "-s", str(stores), "-o",
         str(tmp_path / "out"), "--img-size", "32", "--workers", "0", "--device", "cpu"])
     assert result.exit_code == 1
-    rows = {(r["slide"], r["encoder"]): r for r in csv.DictReader(open(tmp_path / "out" / "manifest.csv"))}
+    rows = {(r["slide"], r["encoder"]): r for r in csv.DictReader(open(tmp_path / "out" / "extraction.csv"))}
     assert rows[("slide_000", "vit_tiny_patch16_224_random")]["status"] == "ok"
     assert rows[("slide_001", "vit_tiny_patch16_224_random")]["status"] == "ok"
     assert "no images" in rows[("slide_002", "vit_tiny_patch16_224_random")]["error"]
@@ -160,6 +162,7 @@ def close_then_die(self):
     os.kill(os.getpid(), 9)  # killed right after the first slide is complete: later slides never finish
 h5.FeatureFileWriter.close = close_then_die
 from pathgen.features.extract import extract_features
+from pathgen.features.h5 import read_feature_file
 extract_features([sys.argv[1]], [sys.argv[2]], sys.argv[3], img_size=32, workers=0, batch_size=8, progress=False)
 """
 
@@ -194,7 +197,7 @@ def test_torchrun_shards_slides_across_two_gloo_ranks(cohort, two, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    shards = [list(csv.DictReader(open(out / f"manifest.shard-{r}-of-2.csv"))) for r in (0, 1)]
+    shards = [list(csv.DictReader(open(out / f"extraction.rank-{r}-of-2.csv"))) for r in (0, 1)]
     assert [[row["slide"] for row in s] for s in shards] == [["slide_000", "slide_002"], ["slide_001", "slide_003"]]
     for path in sorted((out / "features_dino").glob("*.h5")):
         with h5py.File(path) as a, h5py.File(two.out_dir / "features_dino" / path.name) as b:

@@ -19,7 +19,7 @@ def extract_features(
         ..., "--stores", "-s", show_default=False,
         help="Patch stores: a tiling manifest.csv, store paths, folders or globs. Repeatable.",
     ),
-    out: Path = typer.Option(..., "--out", "-o", help="Output folder: features_<NAME>/<slide>.h5 and manifest.csv."),
+    out: Path = typer.Option(..., "--out", "-o", help="Output folder: features_<NAME>/<slide>.h5 and extraction.csv."),
     from_slides: Path | None = typer.Option(
         None, "--from-slides", help="Read the pixels from the slides under this folder (for --coords-only stores)."
     ),
@@ -37,7 +37,7 @@ def extract_features(
 
     Each patch is read and decoded once and fed to every encoder. Writes TRIDENT's layout,
     <out>/features_<NAME>/<slide>.h5 (features, coords with the store's attributes, tissue_fraction), and
-    <out>/manifest.csv with one row per slide and encoder. A rerun skips slides whose file matches the store,
+    <out>/extraction.csv with one row per slide and encoder. A rerun skips slides whose file matches the store,
     encoder sha256 and settings. Multi-GPU: `torchrun --nproc_per_node N -m pathgen extract-features ...`.
 
     Exits with status 1 if any slide or encoder failed; the reasons are in the manifest.

@@ -8,16 +8,18 @@ or an encoder that cannot be loaded, fails with a one-line reason in the manifes
 Under torchrun the slides are sharded across ranks (rank r takes slides r, r + W, ...).
 """
 
+import csv
+import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pathgen.errors import ConfigError, PathgenError, StoreError
+from pathgen.errors import ConfigError, PathgenError, StoreError, one_line
 from pathgen.features.encoders import FeatureEncoder, check_names, load_feature_encoder, split_name
 from pathgen.features.h5 import FeatureFileWriter, feature_path, is_up_to_date, pt_path, settings_json
 from pathgen.features.patches import SlidePatches, SlideSource, find_slide, plan_from_store, slide_batches
@@ -25,7 +27,7 @@ from pathgen.features.patches import SlidePatches, SlideSource, find_slide, plan
 
 @dataclass
 class FeatureRow:
-    """One (slide, encoder) outcome in <out>/manifest.csv, like the tiler's rows."""
+    """One (slide, encoder) outcome in <out>/extraction.csv, like the tiler's manifest rows."""
 
     slide: str
     encoder: str
@@ -49,8 +51,22 @@ class ExtractionResult:
         return [r for r in self.rows if r.status == "failed"]
 
 
-def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split()) or type(err).__name__
+def write_rows(path: Path, rows: list[FeatureRow]) -> None:
+    """The extraction manifest, written atomically so that a reader never sees half of it."""
+    from pathgen.store.writer import temp_path
+
+    tmp = temp_path(path)
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=[x.name for x in fields(FeatureRow)])
+        writer.writeheader()
+        for row in rows:
+            writer.writerow(asdict(row) | {"seconds": f"{row.seconds:.2f}"})
+    os.replace(tmp, path)
+
+
+def manifest_name(rank: int, world: int) -> str:
+    """extraction.csv, or extraction.rank-R-of-W.csv per torchrun rank (never `manifest*.csv`: those are tiling's)."""
+    return "extraction.csv" if world == 1 else f"extraction.rank-{rank}-of-{world}.csv"
 
 
 def _expected(enc: FeatureEncoder, sid: str, fp16: bool) -> dict:
@@ -108,15 +124,13 @@ class _Extraction:
             self.flush()
 
     def flush(self) -> None:
-        from pathgen.store.manifest import write_manifest
-
         # Rewritten as slides finish, so a killed run still leaves an honest partial manifest.
-        write_manifest(self.manifest, [self.rows[k] for k in self.order], row_type=FeatureRow)
+        write_rows(self.manifest, [self.rows[k] for k in self.order])
 
     def prepare(self, path: Path, from_slides: Path | None, overwrite: bool, encoders: list[FeatureEncoder]):
         """Open a store and decide what to do with it: None if nothing is left to do (rows already recorded)."""
-        from pathgen.slide.tiler import _remove_stale_temps
         from pathgen.store import open_store
+        from pathgen.store.writer import remove_stale_temps
 
         slide = path.name.split(".")[0]
         try:
@@ -127,8 +141,8 @@ class _Extraction:
                 todo, attrs = [], {}
                 for enc in encoders:
                     target = feature_path(self.out_dir, enc.name, slide)
-                    _remove_stale_temps(target)
-                    _remove_stale_temps(pt_path(target))
+                    remove_stale_temps(target)
+                    remove_stale_temps(pt_path(target))
                     if not overwrite and is_up_to_date(target, _expected(enc, sid, self.fp16), self.export_pt):
                         row = FeatureRow(slide, enc.name, "skipped", len(store), 0.0, "", self._rel(target))
                         self.record(row, flush=False)  # flushed once all stores are prepared
@@ -142,12 +156,12 @@ class _Extraction:
                     slide_path, plan = find_slide(store, from_slides), plan_from_store(store)
                 keys = tuple(dict.fromkeys(enc.resize_key for enc in todo))
                 source = SlideSource(slide, path, len(store), keys, slide_path, plan)
-                return _Slide(source, path, store.coords, store.tissue_fraction, dict(store.attrs), attrs, todo)
+                return _Slide(source, path, store.coords, store.tissue_fraction, store.coords_attrs, attrs, todo)
         except PathgenError as err:
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            print(f"error: {err}", file=sys.stderr)
             for enc in encoders:
                 if (slide, enc.name) not in self.rows:
-                    self.record(FeatureRow(slide, enc.name, "failed", 0, 0.0, _one_line(err)), flush=False)
+                    self.record(FeatureRow(slide, enc.name, "failed", 0, 0.0, one_line(err)), flush=False)
             self.flush()
             return None
 
@@ -175,7 +189,7 @@ class _Extraction:
             for enc in s.todo:
                 s.writers[enc.name].close()
         except Exception as err:  # noqa: BLE001 - e.g. a full disk: this slide fails
-            return self.fail(s, _one_line(err))
+            return self.fail(s, one_line(err))
         seconds = time.perf_counter() - s.t0
         for enc in s.todo:
             path = feature_path(self.out_dir, enc.name, s.source.name)
@@ -194,12 +208,6 @@ class _Extraction:
             s.writers[name].write(s.done, feats)
         self.timing["model_s"] += t1 - t0
         self.timing["write_s"] += time.perf_counter() - t1
-
-
-def _shard_name(rank: int, world: int) -> str:
-    from pathgen.store.manifest import manifest_name
-
-    return manifest_name((rank, world))
 
 
 @torch.inference_mode()
@@ -225,8 +233,8 @@ def extract_features(
 
     encoders: `[NAME=]SPEC` strings (an exported encoder, `random:<export>`, `timm:<name>` or a local timm
     folder); NAME defaults to the export's folder name (see `default_name`). Writes
-    <out_dir>/features_<NAME>/<slide>.h5 (TRIDENT's layout, see pathgen.features.h5) and <out_dir>/manifest.csv
-    (manifest.shard-R-of-W.csv per rank under torchrun). Returns the rows and a timing breakdown. `precision`:
+    <out_dir>/features_<NAME>/<slide>.h5 (TRIDENT's layout, see pathgen.features.h5) and <out_dir>/extraction.csv
+    (extraction.rank-R-of-W.csv per rank under torchrun). Returns the rows and a timing breakdown. `precision`:
     auto (bf16 autocast on GPUs that compute it natively, fp16 on older ones, fp32 on the CPU), fp32, bf16, fp16.
     """
     from pathgen.runtime.device import precision_for
@@ -248,7 +256,7 @@ def extract_features(
     dev = init_distributed(device)
     rank, world = get_rank(), get_world_size()
     out_dir.mkdir(parents=True, exist_ok=True)
-    run = _Extraction(out_dir, fp16, export_pt, out_dir / _shard_name(rank, world), precision_for(dev, precision))
+    run = _Extraction(out_dir, fp16, export_pt, out_dir / manifest_name(rank, world), precision_for(dev, precision))
     paths = paths[rank::world]
 
     loaded: list[FeatureEncoder] = []
@@ -256,10 +264,10 @@ def extract_features(
         try:
             loaded.append(load_feature_encoder(spec, img_size=img_size, seed=seed))
         except PathgenError as err:  # this encoder fails on every slide; the others carry on
-            print(f"error: {_one_line(err)}", file=sys.stderr)
+            print(f"error: {err}", file=sys.stderr)
             name = split_name(spec)[0] or spec
             for p in paths:
-                run.record(FeatureRow(p.name.split(".")[0], name, "failed", 0, 0.0, _one_line(err)), flush=False)
+                run.record(FeatureRow(p.name.split(".")[0], name, "failed", 0, 0.0, one_line(err)), flush=False)
     check_names(loaded)
     for enc in loaded:
         enc.model.to(dev)
@@ -301,9 +309,9 @@ def extract_features(
                         if s.done == s.source.n:
                             run.finish(s)
                     except PathgenError as err:
-                        run.fail(s, _one_line(err))
+                        run.fail(s, one_line(err))
                     except OSError as err:  # writing failed (disk full, permissions): this slide only
-                        run.fail(s, _one_line(err))
+                        run.fail(s, one_line(err))
                 bar.update(n)
                 t_last = time.perf_counter()
         finally:

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from pathgen.errors import FileError
-from pathgen.store.writer import remove_path, temp_path
+from pathgen.store.writer import fsync_tree, remove_path, temp_path
 
 PREFIX = "features_"
 PT_FILES = "pt_files"
@@ -74,7 +74,9 @@ class FeatureFileWriter:
             pt_tmp = temp_path(target)
             torch.save(torch.from_numpy(self._file["features"][:]), pt_tmp)
         self._file.close()
+        fsync_tree(self.tmp)  # on disk before the rename makes it count as finished (as the tiler's stores)
         if pt_tmp is not None:
+            fsync_tree(pt_tmp)
             os.replace(pt_tmp, pt_path(self.path))
         os.replace(self.tmp, self.path)  # last: the .h5 is what a rerun checks for
         return self.path

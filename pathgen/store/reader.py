@@ -143,6 +143,8 @@ class PatchStore:
             self.close()
             raise StoreError(self.path, f"malformed store, missing {', '.join(missing)}")
         self.coords = np.asarray(self._root["coords"][:], dtype=np.int64).reshape(-1, 2)
+        # what CLAM/TRIDENT read on `coords` (their patch_size is the side read at patch_level); root's otherwise
+        self.coords_attrs = {k: _python(v) for k, v in self._root["coords"].attrs.items()}
         self.tissue_fraction = np.asarray(self._root["tissue_fraction"][:], dtype=np.float32)
         self.labels = np.asarray(self._root["labels"][:], dtype=np.int64) if "labels" in self._root else None
         self._images = self._root["images"] if "images" in self._root else None
