@@ -15,6 +15,7 @@ cohort (cached in $TMPDIR/pathgen-bench-features):
 """
 
 import argparse
+import resource
 import statistics
 import tempfile
 import time
@@ -33,7 +34,13 @@ def prepare(work: Path, n_slides: int, patch_size: int, mpp: float) -> Path:
     return tile_cohort(labels, work / "stores", mpp=mpp, patch_size=patch_size, workers=2)
 
 
-def bare_forward(spec: str, manifest: Path, batch_size: int, img_size: int | None) -> tuple[float, int]:
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished children (the DataLoader workers, once they exit)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def bare_forward(spec: str, manifest: Path, batch_size: int, img_size: int | None) -> tuple[float, int, float]:
     """Seconds of the encoder's forward alone over every patch, preprocessed up front, in extraction's batches."""
     from pathgen.features.encoders import load_feature_encoder
     from pathgen.features.patches import SlidePatches, SlideSource, slide_batches
@@ -47,20 +54,20 @@ def bare_forward(spec: str, manifest: Path, batch_size: int, img_size: int | Non
     data = SlidePatches(sources, {"x": enc.transform})  # the encoder's whole preprocessing, done up front
     batches = [torch.stack([data[i][0]["x"] for i in b]) for b in slide_batches(sources, batch_size)]
     with torch.inference_mode():
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         for x in batches:
             enc.model(x)
-        return time.perf_counter() - t0, sum(len(x) for x in batches)
+        return time.perf_counter() - t0, sum(len(x) for x in batches), cpu_seconds() - c0
 
 
 def extract(specs: list[str], manifest: Path, out: Path, batch_size: int, workers: int, img_size: int | None):
     from pathgen.features.extract import extract_features
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), cpu_seconds()
     result = extract_features(specs, [manifest], out, batch_size=batch_size, workers=workers, img_size=img_size,
                               overwrite=True, progress=False, device="cpu")
     assert not result.failed, result.failed
-    return time.perf_counter() - t0, result.timing
+    return time.perf_counter() - t0, dict(result.timing, cpu_s=cpu_seconds() - c0)
 
 
 def main() -> None:
@@ -82,15 +89,19 @@ def main() -> None:
     out = args.work / "out"
     print(f"stores: {manifest}; torch threads {torch.get_num_threads()}, {args.workers} DataLoader worker(s)")
 
-    e2e, bare, one, two, timings = [], [], [], [], []
+    e2e, bare, one, two, timings, cpu = [], [], [], [], [], {"bare": [], "e2e": [], "one": [], "two": []}
     for r in range(args.rounds + 1):  # round 0 warms caches and imports, untimed
-        s_bare, n = bare_forward(args.encoder, manifest, args.batch_size, None)
+        s_bare, n, c_bare = bare_forward(args.encoder, manifest, args.batch_size, None)
         s_e2e, t_e2e = extract([args.encoder], manifest, out / "e2e", args.batch_size, args.workers, None)
-        a = extract([args.small[0]], manifest, out / "a", args.batch_size, args.workers, args.small_size)[0]
-        b = extract([args.small[1]], manifest, out / "b", args.batch_size, args.workers, args.small_size)[0]
+        a, t_a = extract([args.small[0]], manifest, out / "a", args.batch_size, args.workers, args.small_size)
+        b, t_b = extract([args.small[1]], manifest, out / "b", args.batch_size, args.workers, args.small_size)
         s_one, t_one = extract(args.small, manifest, out / "ab", args.batch_size, args.workers, args.small_size)
         if r == 0:
             continue
+        cpu["bare"].append(c_bare)
+        cpu["e2e"].append(t_e2e["cpu_s"])
+        cpu["two"].append(t_a["cpu_s"] + t_b["cpu_s"])
+        cpu["one"].append(t_one["cpu_s"])
         bare.append(n / s_bare)
         e2e.append(t_e2e["patches"] / t_e2e["total_s"])
         one.append(s_one)
@@ -103,11 +114,15 @@ def main() -> None:
     print(f"  bare forward on pre-loaded tensors   {statistics.median(bare):8.1f} patches/s")
     print(f"  extract-features end to end          {statistics.median(e2e):8.1f} patches/s")
     print(f"  ratio end to end / bare = {statistics.median(e2e) / statistics.median(bare):.3f}  (target >= 0.85)")
+    c = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"  CPU seconds (less sensitive to other load): bare {c['bare']:.1f}, end to end {c['e2e']:.1f} "
+          f"(whole call, workers included): bare / end to end = {c['bare'] / c['e2e']:.3f}")
     print(f"  breakdown: model {t_e2e['model_s']:.1f} s, waiting for data {t_e2e['wait_s']:.1f} s, writing "
           f"{t_e2e['write_s']:.1f} s; read+decode+preprocess {t_e2e['read_s']:.1f} s in the worker(s)")
     print(f"\n{' + '.join(args.small)} at {args.small_size} px:")
     print(f"  two separate runs {statistics.median(two):.2f} s, one pass {statistics.median(one):.2f} s")
     print(f"  ratio two runs / one pass = {statistics.median(two) / statistics.median(one):.2f}x  (target >= 1.3)")
+    print(f"  CPU seconds: two runs {c['two']:.1f}, one pass {c['one']:.1f}: ratio {c['two'] / c['one']:.2f}x")
     print(f"  one-pass breakdown: model {t_one['model_s']:.1f} s, waiting for data {t_one['wait_s']:.1f} s, "
           f"read+decode+preprocess {t_one['read_s']:.1f} s in the worker(s)")
 
