@@ -39,7 +39,7 @@ def export_tiny(out: Path, seed: int) -> Path:
 def cohort(demo_cohort, tmp_path_factory):
     """The demo cohort tiled twice (32 px patches at 0.5 mpp): with images, and coords only; plus one encoder."""
     tmp = tmp_path_factory.mktemp("features")
-    images = tile_cohort([demo_cohort], tmp / "images", mpp=0.5, patch_size=32)
+    images = tile_cohort([demo_cohort], tmp / "images", mpp=0.5, patch_size=32, codec="lossless")  # exact pixels
     coords = tile_cohort([demo_cohort], tmp / "coords", mpp=0.5, patch_size=32, coords_only=True)
     return {"images": images, "coords": coords, "slides": demo_cohort.parent / "slides",
             "encoder": export_tiny(tmp / "dino", seed=0), "tmp": tmp}

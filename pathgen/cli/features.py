@@ -31,7 +31,9 @@ def extract_features(
     device: str | None = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: CUDA if present)."),
     seed: int = typer.Option(0, "--seed", help="Seed of random-init (timm:, random:) encoders."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Recompute slides whose feature files are current."),
-    reader: str = typer.Option("openslide", "--reader", help="Slide reader for --from-slides."),
+    reader: str | None = typer.Option(
+        None, "--reader", help="Slide reader for --from-slides (default: the one each store was tiled with)."
+    ),
 ) -> None:
     """Per-patch features of every slide's store, for one or several encoders in a single pass.
 

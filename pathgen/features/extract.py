@@ -127,7 +127,8 @@ class _Extraction:
         # Rewritten as slides finish, so a killed run still leaves an honest partial manifest.
         write_rows(self.manifest, [self.rows[k] for k in self.order])
 
-    def prepare(self, path: Path, from_slides: Path | None, overwrite: bool, encoders: list[FeatureEncoder]):
+    def prepare(self, path: Path, from_slides: Path | None, overwrite: bool, encoders: list[FeatureEncoder],
+                reader: str | None = None):
         """Open a store and decide what to do with it: None if nothing is left to do (rows already recorded)."""
         from pathgen.store import open_store
         from pathgen.store.writer import remove_stale_temps
@@ -155,7 +156,8 @@ class _Extraction:
                 if from_slides is not None:
                     slide_path, plan = find_slide(store, from_slides), plan_from_store(store)
                 keys = tuple(dict.fromkeys(enc.resize_key for enc in todo))
-                source = SlideSource(slide, path, len(store), keys, slide_path, plan)
+                source = SlideSource(slide, path, len(store), keys, slide_path, plan,
+                                     reader or str(store.attrs.get("reader", "auto")), store.attrs.get("mpp_level0"))
                 return _Slide(source, path, store.coords, store.tissue_fraction, store.coords_attrs, attrs, todo)
         except PathgenError as err:
             print(f"error: {err}", file=sys.stderr)
@@ -226,7 +228,7 @@ def extract_features(
     precision: str = "auto",
     seed: int = 0,
     overwrite: bool = False,
-    reader: str = "openslide",
+    reader: str | None = None,
     progress: bool = True,
 ) -> ExtractionResult:
     """Features of every patch of `stores` (paths, folders, globs or tiling manifests) for each encoder spec.
@@ -236,6 +238,7 @@ def extract_features(
     <out_dir>/features_<NAME>/<slide>.h5 (TRIDENT's layout, see pathgen.features.h5) and <out_dir>/extraction.csv
     (extraction.rank-R-of-W.csv per rank under torchrun). Returns the rows and a timing breakdown. `precision`:
     auto (bf16 autocast on GPUs that compute it natively, fp16 on older ones, fp32 on the CPU), fp32, bf16, fp16.
+    `reader` (--from-slides): the slide reader; by default the one each store records, so the pixels are the tiler's.
     """
     from pathgen.runtime.device import precision_for
     from pathgen.runtime.distributed import get_rank, get_world_size, init_distributed, is_main_process
@@ -272,7 +275,7 @@ def extract_features(
     for enc in loaded:
         enc.model.to(dev)
 
-    slides = [s for p in paths if (s := run.prepare(p, from_slides, overwrite, loaded)) is not None]
+    slides = [s for p in paths if (s := run.prepare(p, from_slides, overwrite, loaded, reader)) is not None]
     run.flush()
     for s in [s for s in slides if s.source.n == 0]:  # nothing to read: write the empty files now
         run.open_writers(s)
@@ -282,7 +285,7 @@ def extract_features(
     t_start = time.perf_counter()
     if slides:
         transforms = {enc.resize_key: enc.resizer() for enc in loaded}  # workers: decode + resize, uint8
-        dataset = SlidePatches([s.source for s in slides], transforms, reader=reader)
+        dataset = SlidePatches([s.source for s in slides], transforms)
         loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=slide_batches(dataset.sources, batch_size), num_workers=workers,
             pin_memory=dev.type == "cuda",

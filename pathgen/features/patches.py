@@ -29,6 +29,8 @@ class SlideSource:
     keys: tuple
     slide_path: Path | None = None  # --from-slides: read the slide file itself with `plan`
     plan: object = None  # pathgen.slide.PatchPlan
+    reader: str = "auto"  # the slide reader (the one the tiler used, unless told otherwise)
+    mpp: float | None = None  # the level-0 mpp the tiler used: slides without one in their metadata still open
 
 
 def plan_from_store(store) -> object:
@@ -64,8 +66,8 @@ class SlidePatches(Dataset):
     A patch that cannot be read yields zeros and a one-line error, so one bad slide fails alone.
     """
 
-    def __init__(self, sources: list[SlideSource], transforms: dict[tuple, Callable], reader: str = "openslide"):
-        self.sources, self.transforms, self.reader = sources, transforms, reader
+    def __init__(self, sources: list[SlideSource], transforms: dict[tuple, Callable]):
+        self.sources, self.transforms = sources, transforms
         self.starts = np.concatenate([[0], np.cumsum([s.n for s in sources])]).astype(np.int64)
         self._handles: dict[int, object] = {}
         self._pid = os.getpid()
@@ -83,7 +85,7 @@ class SlidePatches(Dataset):
             if src.slide_path is not None:
                 from pathgen.slide import open_slide
 
-                self._handles[k] = open_slide(src.slide_path, reader=self.reader)
+                self._handles[k] = open_slide(src.slide_path, reader=src.reader, mpp=src.mpp)
             else:
                 from pathgen.store import open_store
 
