@@ -136,3 +136,18 @@ def test_no_pen_is_found_on_stained_tissue(demo_slide):
     assert segment_tissue(thumb, mpp=0.25 * ds).pen.mean() < 0.001
     assert not segment_tissue(_pale_he()).pen.any()
     assert not segment_tissue(_mask_res_ihc((120, 160))).pen.any()
+
+
+def test_fast_hsv_and_small_object_removal_equal_scikit_image():
+    from skimage.color import rgb2hsv
+    from skimage.morphology import remove_small_objects as skimage_remove
+
+    from pathgen.slide.tissue import hsv_image, remove_small_objects
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    rgb[:8] = 128  # grey: no hue
+    rgb[8:16] = rgb[8:16, :, :1]  # max shared by channels
+    np.testing.assert_allclose(hsv_image(rgb), rgb2hsv(rgb), atol=1e-6)
+    mask = rng.random((64, 64)) > 0.55
+    assert (remove_small_objects(mask, 4) == skimage_remove(mask, max_size=4)).all()

@@ -1,7 +1,9 @@
-"""Plan one slide: find its tissue, lay the patch grid, draw the QC picture, describe the store to write.
+"""Plan one slide: find its tissue, lay the patch grid, describe the store to write and the QC picture to draw.
 
 `plan_slide` runs in a worker process (a native crash in OpenSlide while reading the thumbnail takes down that
-worker, not the run) and returns a `SlidePlan`: coordinates and attributes only, small enough to send back.
+worker, not the run) and returns a `SlidePlan`: the coordinates, the attributes and the QC picture's pixels and
+masks. The parent draws that picture (`write_pictures`) while the workers read the slide's patches: nothing about
+the pictures has to wait for anything but the plan, and no patch has to wait for the pictures.
 """
 
 from __future__ import annotations
@@ -31,8 +33,23 @@ QC_MAX_SIDE = 2048
 
 
 @dataclass
+class Pictures:
+    """What the QC picture and the tissue GeoJSON of a slide are drawn from."""
+
+    name: str
+    qc_dir: Path
+    qc: np.ndarray  # uint8 RGB thumbnail of the scanned area
+    qc_downsample: float
+    tissue: np.ndarray  # bool mask, `mask_downsample` level-0 px per pixel
+    mask_downsample: float
+    origin: tuple[int, int]
+    pen: np.ndarray | None = None
+    roi: np.ndarray | None = None
+
+
+@dataclass
 class SlidePlan:
-    """What the parent needs to create a slide's store: the patch plan and the store's attributes."""
+    """What the parent needs to create a slide's store (the patch plan and the store's attributes) and its pictures."""
 
     plan: PatchPlan
     attrs: dict
@@ -40,6 +57,7 @@ class SlidePlan:
     labels: np.ndarray | None = None
     classes: list[str] | None = None
     notices: list[str] = field(default_factory=list)  # one-line notes for the log
+    pictures: Pictures | None = None
 
 
 def mask_downsample(extent: int, mpp: float) -> float:
@@ -80,9 +98,9 @@ def roi_file(folder: Path, job) -> Path:
 
 
 def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
-    """Tissue mask, patch plan, QC picture (qc_dir/<name>.png), tissue contours (qc_dir/<name>.geojson) and store
-    attributes of one open slide."""
-    from pathgen.slide.annotations import rasterize, read_annotations, tissue_geojson, write_geojson
+    """Tissue mask, patch plan and store attributes of one open slide, with what its QC picture
+    (qc_dir/<name>.png) and tissue contours (qc_dir/<name>.geojson) are drawn from (see write_pictures)."""
+    from pathgen.slide.annotations import rasterize, read_annotations
     from pathgen.slide.grid import tissue_fractions
 
     bounds = slide.bounds
@@ -113,19 +131,28 @@ def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
             labels = np.where(cover.max(0, initial=0) > 0, cover.argmax(0), -1).astype(np.int64)
             classes = roi.classes
 
-    qc_dir.mkdir(parents=True, exist_ok=True)
     if max(thumb.shape[:2]) < QC_MIN_SIDE and thumb_ds > 1:
         qc, qc_ds = slide.thumbnail(QC_SIDE, region=bounds)
     else:
         qc, qc_ds = _shrink(thumb, thumb_ds, QC_MAX_SIDE)
-    render_qc(qc, tissue, plan, qc_ds, qc_dir / f"{job.name}.png", origin=origin, pen=found.pen,
-              roi=roi.region if roi is not None else None)  # fmt: skip
-    write_geojson(qc_dir / f"{job.name}.geojson", tissue_geojson(tissue, thumb_ds, origin))
+    pictures = Pictures(job.name, qc_dir, qc, qc_ds, tissue, thumb_ds, origin, found.pen,
+                        roi.region if roi is not None else None)
     notices = [f"notice: {job.path}: {slide.reader_notice}"] if slide.reader_notice else []
     if len(plan) == 0:
         notices.append(f"warning: {job.path}: no tissue patches at threshold {params.tissue_threshold}")
     attrs = store_attrs(job, slide, plan, params) | {"tissue_mask_mpp": float(mask_mpp)} | extra
-    return SlidePlan(plan, attrs, reader_attrs(slide, plan, params.overlap), labels, classes, notices)
+    return SlidePlan(plan, attrs, reader_attrs(slide, plan, params.overlap), labels, classes, notices, pictures)
+
+
+def write_pictures(pictures: Pictures, plan: PatchPlan) -> None:
+    """The QC picture (<qc_dir>/<name>.png) and the tissue contours as GeoJSON (<qc_dir>/<name>.geojson)."""
+    from pathgen.slide.annotations import tissue_geojson, write_geojson
+
+    p = pictures
+    p.qc_dir.mkdir(parents=True, exist_ok=True)
+    render_qc(p.qc, p.tissue, plan, p.qc_downsample, p.qc_dir / f"{p.name}.png", origin=p.origin, pen=p.pen,
+              roi=p.roi)
+    write_geojson(p.qc_dir / f"{p.name}.geojson", tissue_geojson(p.tissue, p.mask_downsample, p.origin))
 
 
 def _magnification(value: float) -> float | int:

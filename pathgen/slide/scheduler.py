@@ -84,6 +84,7 @@ class _SlideRun:
     error: str = ""
     chunks: list = field(default_factory=list)  # (start, stop) patch ranges, one Zarr shard each
     gen: Iterator | None = None
+    pictures: object = None  # planning.Pictures still to draw; the slide finishes after them
 
 
 @dataclass
@@ -193,6 +194,7 @@ class _Scheduler:
         self.active: deque[_SlideRun] = deque()  # planned slides with chunks left to submit
         self.retry: deque[_Work] = deque()
         self.in_flight: dict[Future, _Work] = {}
+        self.pictures: deque[_SlideRun] = deque()  # planned slides whose QC pictures are still to draw
         self.done_slides = 0
         self.total = len(jobs)
 
@@ -201,6 +203,7 @@ class _Scheduler:
             while True:
                 while len(self.in_flight) < self.limit and (work := self._next()) is not None:
                     self._submit(work)
+                self._draw_pictures()  # while the workers read: pictures are off the slides' critical path
                 if not self.in_flight:
                     if self.retry or self.pending or self.active:
                         continue
@@ -281,6 +284,8 @@ class _Scheduler:
                     for notice in payload.notices:
                         self.bar.write(notice, file=sys.stderr)
                     self.active.append(run)
+                    run.pictures = payload.pictures
+                    self.pictures.append(run)
                 except Exception as err:  # noqa: BLE001 - e.g. the output disk is full
                     run.error = one_line(err)
             if run.error or not run.chunks:
@@ -324,6 +329,19 @@ class _Scheduler:
         self.bar.write(f"warning: a worker process {death}; retrying {len(self.retry)} task(s) one at a time",
                        file=sys.stderr)  # fmt: skip
 
+    def _draw_pictures(self) -> None:
+        from pathgen.slide.planning import write_pictures
+
+        while self.pictures:
+            run = self.pictures.popleft()
+            try:
+                if not run.error:
+                    write_pictures(run.pictures, run.plan)
+            except Exception as err:  # noqa: BLE001 - e.g. the output disk is full: this slide fails
+                run.error = run.error or one_line(err)
+            run.pictures = None
+            self._maybe_finish(run)
+
     # -- finishing
 
     def _drop(self, work: _Work) -> None:
@@ -338,7 +356,7 @@ class _Scheduler:
         self._maybe_finish(run)
 
     def _maybe_finish(self, run: _SlideRun) -> None:
-        if run.submitted_all and run.outstanding == 0 and not run.finished:
+        if run.submitted_all and run.outstanding == 0 and not run.finished and run.pictures is None:
             self._finish(run)
 
     def _finish(self, run: _SlideRun) -> None:
