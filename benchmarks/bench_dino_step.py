@@ -1,16 +1,22 @@
-"""DINO training-step time: pathgen's head + loss + EMA update against lightly's (a reference implementation).
+"""DINO training-step time: pathgen's step against lightly's (a reference implementation), and Gen-DINO's against
+pathgen's plain DINO step at the same batch.
 
-Both sides use the same timm ViT, the same crops (2 global + N local, the globals and the locals each as one
+All sides use the same timm ViT, the same crops (2 global + N local, the globals and the locals each as one
 backbone forward), batch, precision (fp32 on CPU, bf16 autocast on CUDA), AdamW, per-parameter clipping at 3.0
-and the same seed. Only the DINO parts differ:
+and the same seed.
 
-    pathgen: pathgen.ssl.head.DINOHead + MultiCropModel, pathgen.ssl.loss.DINOLoss, timm ModelEmaV3 teacher
-    lightly: lightly DINOProjectionHead, lightly.loss.DINOLoss, lightly.models.utils.update_momentum
+    pathgen:   the trainer's own step, pathgen.ssl.trainer.compute_loss + optimize + the ModelEmaV3 teacher update
+    lightly:   lightly DINOProjectionHead, lightly.loss.DINOLoss, lightly.models.utils.update_momentum
+    gen-dino:  the same pathgen step with Gen-DINO's batch: M = p_interp x batch interpolations, so the student
+               sees M more global-size crops (x_int) and the teacher M more (the partners x2), plus L_dis
+    extra:     those extra passes alone (student forward + backward over M crops, teacher forward over M crops):
+               what Gen-DINO must cost on top of DINO; the target is (gen-dino - pathgen) <= 1.1 x extra
 
-The two are timed alternately (A B, B A, A B ...) so that machine noise hits both alike; we report the median step.
+Implementations are timed in turn, their order reversed every step (A B C D, D C B A, ...), so that machine noise
+hits all alike; we report median steps.
 
     .venv/bin/python benchmarks/bench_dino_step.py                 # ViT-S/16, 96/48 px crops, batch 8
-    .venv/bin/python benchmarks/bench_dino_step.py --global-size 224 --local-size 96 --n-local 8
+    .venv/bin/python benchmarks/bench_dino_step.py --global-size 224 --local-size 96 --n-local 8 --batch 64
 """
 
 import argparse
@@ -20,38 +26,58 @@ import time
 import torch
 from torch import nn
 
-from pathgen.runtime.device import autocast, get_device
+from pathgen.runtime.device import autocast, get_device, precision_for
 from pathgen.ssl.export import create_backbone
 from pathgen.ssl.loss import DINOLoss
-from pathgen.ssl.trainer import build_models, cancel_last_layer_gradients, clip_gradients, param_groups
+from pathgen.ssl.trainer import build_models, clip_gradients, compute_loss, optimize, param_groups, total_loss
+
+
+def _models(args, device):
+    from pathgen.ssl.config import SSLConfig
+
+    cfg = SSLConfig.model_validate({"model": {"name": args.model, "img_size": args.global_size,
+                                              "out_dim": args.out_dim, "drop_path_rate": 0.1}})
+    torch.manual_seed(0)
+    student, teacher = build_models(cfg)
+    return student.to(device), teacher.to(device)
 
 
 class PathgenStep:
-    def __init__(self, args, device):
-        from pathgen.ssl.config import SSLConfig
+    """The trainer's step on a batch dict of roles (pathgen.ssl.batch); Gen-DINO's when lambda_dis > 0."""
 
-        cfg = SSLConfig.model_validate({"model": {"name": args.model, "img_size": args.global_size,
-                                                  "out_dim": args.out_dim, "drop_path_rate": 0.1}})
-        torch.manual_seed(0)
-        self.student, self.teacher = build_models(cfg)
-        self.student.to(device), self.teacher.to(device)
+    def __init__(self, args, device, lambda_dis: float = 0.0):
+        self.student, self.teacher = _models(args, device)
         self.loss = DINOLoss(args.out_dim).to(device)
         self.opt = torch.optim.AdamW(param_groups(self.student), lr=1e-4)
+        self.precision = precision_for(device)
+        self.scaler = self.precision.grad_scaler()
+        self.lambda_dis = lambda_dis
 
-    def __call__(self, crops, device):
-        with autocast(device):
-            teacher_out = self.teacher.module(crops[:2])
-            student_out = self.student(crops)
-        targets = self.loss.teacher_targets(teacher_out, 0.04, 2)  # the loss in fp32, as the trainer does
-        loss = self.loss.cross_entropy(targets, student_out, len(crops))
-        self.loss.update_center(teacher_out)
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        clip_gradients(self.student, 3.0)
-        cancel_last_layer_gradients(self.student, epoch=1, freeze_last_layer=1)
-        self.opt.step()
+    def __call__(self, batch, device):
+        terms, _ = compute_loss(batch, self.student, self.teacher.module, self.loss, 0.04, self.lambda_dis,
+                                self.precision)
+        loss = total_loss(terms, self.lambda_dis)
+        optimize(loss, self.student, self.opt, self.scaler, 3.0, epoch=1, freeze_last_layer=1)
         self.teacher.decay = 0.996
         self.teacher.update(self.student)
+        return loss.item()
+
+
+class ExtraPasses:
+    """Only what Gen-DINO adds to the compute: the student's forward and backward over the interpolated crops, the
+    teacher's forward over the partners (any scalar of the logits: its backward costs what L_dis's does)."""
+
+    def __init__(self, args, device):
+        self.student, self.teacher = _models(args, device)
+
+    def __call__(self, batch, device):
+        with autocast(device):
+            with torch.no_grad():
+                self.teacher.module(batch["partner"])
+            logits = self.student(batch["interpolated"])
+        loss = logits.float().logsumexp(-1).mean()
+        self.student.zero_grad(set_to_none=True)
+        loss.backward()
         return loss.item()
 
 
@@ -101,35 +127,50 @@ def main() -> None:
     parser.add_argument("--local-size", type=int, default=48)
     parser.add_argument("--n-local", type=int, default=6)
     parser.add_argument("--out-dim", type=int, default=65536)
+    parser.add_argument("--p-interp", type=float, default=0.5, help="Gen-DINO: interpolations per batch item")
     parser.add_argument("--steps", type=int, default=10, help="timed steps per implementation")
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--skip-lightly", action="store_true")
     args = parser.parse_args()
 
     device = get_device()
     g = torch.Generator().manual_seed(0)
-    crops = [torch.randn(args.batch, 3, args.global_size, args.global_size, generator=g) for _ in range(2)]
-    crops += [torch.randn(args.batch, 3, args.local_size, args.local_size, generator=g) for _ in range(args.n_local)]
-    crops = [c.to(device) for c in crops]
-    impls = {"pathgen": PathgenStep(args, device), "lightly": LightlyStep(args, device)}
+    b, m = args.batch, round(args.p_interp * args.batch)
+
+    def crops(n: int, size: int, batch: int = b) -> list[torch.Tensor]:
+        return [torch.randn(batch, 3, size, size, generator=g).to(device) for _ in range(n)]
+
+    plain = {"global": crops(2, args.global_size), "local": crops(args.n_local, args.local_size)}
+    gen = {**plain, "interpolated": crops(1, args.global_size, m)[0], "partner": crops(1, args.global_size, m)[0],
+           "pair": torch.randperm(b, generator=g)[:m].to(device), "alpha": torch.rand(m, generator=g).to(device)}
+    impls = {"pathgen": (PathgenStep(args, device), plain), "gen-dino": (PathgenStep(args, device, 1.0), gen),
+             "extra": (ExtraPasses(args, device), gen)}
+    if not args.skip_lightly:
+        impls["lightly"] = (LightlyStep(args, device), plain["global"] + plain["local"])
     times: dict[str, list[float]] = {name: [] for name in impls}
     for i in range(args.warmup + args.steps):
         order = list(impls.items()) if i % 2 == 0 else list(impls.items())[::-1]  # cancel order effects
-        for name, step in order:
+        for name, (step, inputs) in order:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            step(crops, device)
+            step(inputs, device)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             if i >= args.warmup:
                 times[name].append(time.perf_counter() - t0)
 
     med = {name: statistics.median(t) for name, t in times.items()}
-    print(f"device={device} threads={torch.get_num_threads()} model={args.model} batch={args.batch} "
-          f"crops=2x{args.global_size}+{args.n_local}x{args.local_size} out_dim={args.out_dim} steps={args.steps}")
+    print(f"device={device} threads={torch.get_num_threads()} model={args.model} batch={b} "
+          f"crops=2x{args.global_size}+{args.n_local}x{args.local_size} out_dim={args.out_dim} steps={args.steps} "
+          f"gen-dino: {m} interpolations")
     for name, t in med.items():
-        print(f"  {name:8s} median step {t * 1000:8.1f} ms   ({args.batch / t:6.1f} img/s)")
-    print(f"  ratio pathgen / lightly = {med['pathgen'] / med['lightly']:.3f}  (target <= 1.1)")
+        print(f"  {name:8s} median step {t * 1000:8.1f} ms   ({b / t:6.1f} img/s)")
+    if "lightly" in med:
+        print(f"  ratio pathgen / lightly = {med['pathgen'] / med['lightly']:.3f}  (target <= 1.1)")
+    print(f"  ratio gen-dino / pathgen = {med['gen-dino'] / med['pathgen']:.3f}")
+    print(f"  (gen-dino - pathgen) / extra passes = {(med['gen-dino'] - med['pathgen']) / med['extra']:.3f}"
+          "  (target <= 1.1)")
 
 
 if __name__ == "__main__":

@@ -37,3 +37,12 @@ class EncoderError(FileError):
 
 class ModelError(FileError):
     """A trained model folder is missing, unreadable, or does not fit the inputs it is given."""
+
+
+def one_line(err: BaseException) -> str:
+    """An error as a manifest cell: one line of at most 500 characters, without the path the row already names."""
+    text = str(err) if isinstance(err, PathgenError) else f"{type(err).__name__}: {err}"
+    prefix = f"{getattr(err, 'path', None)}: "
+    if text.startswith(prefix):
+        text = text[len(prefix) :]
+    return " ".join(text.split())[:500]

@@ -138,3 +138,32 @@ def test_tiling_output_folder_is_stores_not_an_image_folder(tmp_path, stores):
     Image.new("RGB", (8, 8)).save(qc / "a.png")
     ds = build_dataset(tmp_path / "stores")
     assert len(ds) == 9 and not hasattr(ds, "imgs")
+
+
+def test_split_keeps_every_slide_and_case_on_one_side(tmp_path):
+    """The evaluation-leak fix: a held-out split is by slide (or case), never patch by patch."""
+    folder = tmp_path / "stores"
+    folder.mkdir()
+    lines = ["path,label,case_id"]
+    for i in range(10):
+        _store(folder / f"s{i}.zarr", 4 + i % 3, 10 * i)
+        lines.append(f"stores/s{i}.zarr,{'tumour' if i % 2 else 'benign'},case{i // 2 if i < 4 else i}")
+    by_slide = tmp_path / "by_slide.csv"
+    by_slide.write_text("\n".join(line.rsplit(",", 1)[0] for line in lines) + "\n")  # no case column
+    by_case = tmp_path / "by_case.csv"
+    by_case.write_text("\n".join(lines) + "\n")
+
+    ds = build_dataset(by_slide)
+    for seed in range(5):
+        train, test = split_stratified(ds, test_fraction=0.3, seed=seed)
+        train_slides, test_slides = set(ds.store_ids[train.indices]), set(ds.store_ids[test.indices])
+        assert not train_slides & test_slides and len(train_slides | test_slides) == 10
+        assert len(test_slides) == 3  # 30% of the slides, not of the patches
+        assert set(dataset_targets(test)) == {0, 1}  # stratified by the slides' classes
+    ds = build_dataset(by_case)  # s0,s1 are case0 and s2,s3 case1: they must travel together
+    for seed in range(5):
+        train, test = split_stratified(ds, test_fraction=0.3, seed=seed)
+        test_slides = set(ds.store_ids[test.indices].tolist())
+        assert not test_slides & set(ds.store_ids[train.indices].tolist())
+        for pair in ({0, 1}, {2, 3}):
+            assert pair <= test_slides or not pair & test_slides

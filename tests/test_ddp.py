@@ -19,22 +19,49 @@ sys.path.insert(0, str(Path(__file__).parent))
 from test_ssl_train import make_toy_folder, tiny_config  # noqa: E402
 
 
+def _interpolations(n: int, k: int = 5) -> tuple[dict, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gen-DINO's interpolation part of a batch of 4: n interpolations, fixed random logits."""
+    g = torch.Generator().manual_seed(0)
+    student, partner = torch.randn(8, k, generator=g), torch.randn(8, k, generator=g)
+    teacher_global = torch.randn(2 * 4, k, generator=g)
+    alpha = torch.rand(8, generator=g)
+    batch = {"global": [torch.zeros(4, 3, 2, 2)] * 2, "pair": torch.arange(8)[:n] % 4, "alpha": alpha[:n]}
+    return batch, student[:n], teacher_global, partner[:n]
+
+
 def _uneven_center(rank: int, world: int, init_file: str, out: str) -> None:
+    from pathgen.ssl.trainer import _disentanglement
+
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     loss = DINOLoss(3, center_momentum=0.0)  # momentum 0: the centre becomes the batch mean itself
     rows = 2 if rank == 0 else 6  # an uneven split of one batch of 8 rows
     logits = torch.full((rows, 3), float(rank + 1)) * torch.tensor([1.0, 2.0, 3.0])
     loss.update_center(logits)
+    # Gen-DINO's L_dis with 1 interpolation on rank 0 and 3 on rank 1 (rows 1-3 of the same 4)
+    batch, student, teacher_global, partner = _interpolations(4)
+    keep = slice(0, 1) if rank == 0 else slice(1, 4)
+    batch = {**batch, "pair": batch["pair"][keep], "alpha": batch["alpha"][keep]}
+    dis = _disentanglement(batch, student[keep], teacher_global, partner[keep], DINOLoss(5), 0.04)
+    dis = torch.stack([dis.detach()])
+    dist.all_reduce(dis)  # DDP averages the ranks' gradients: the mean of the ranks' weighted terms is what counts
     if rank == 0:
-        torch.save(loss.center, out)
+        torch.save({"center": loss.center, "dis": dis / world}, out)
     dist.destroy_process_group()
 
 
-def test_centre_is_the_mean_of_all_rows_when_ranks_hold_uneven_counts(tmp_path):
+def test_centre_and_l_dis_are_means_over_all_rows_when_ranks_hold_uneven_counts(tmp_path):
+    from pathgen.ssl.loss import disentanglement_loss
+
     out = tmp_path / "center.pt"
     mp.spawn(_uneven_center, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
+    got = torch.load(out, weights_only=True)
     # rows: 2 of rank 0 (value 1) and 6 of rank 1 (value 2): mean 1.75, not the mean of means 1.5
-    torch.testing.assert_close(torch.load(out, weights_only=True), 1.75 * torch.tensor([[1.0, 2.0, 3.0]]))
+    torch.testing.assert_close(got["center"], 1.75 * torch.tensor([[1.0, 2.0, 3.0]]))
+    # the 4 interpolations' mean, as one process computes it, not the mean of the two ranks' means
+    batch, student, teacher_global, partner = _interpolations(4)
+    want = disentanglement_loss(student, teacher_global[:4][batch["pair"]], partner, batch["alpha"],
+                                torch.zeros(5), 0.1, 0.04)
+    torch.testing.assert_close(got["dis"][0], want)
 
 
 TINY = [

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pathgen.ssl.head import DINOHead, MultiCropModel
-from pathgen.ssl.loss import DINOLoss
+from pathgen.ssl.loss import DINOLoss, disentanglement_loss
 from pathgen.ssl.schedules import cosine_schedule, linear_warmup
 from pathgen.ssl.trainer import CollapseMonitor, clip_gradients, param_groups, teacher_stats
 
@@ -71,17 +71,55 @@ def test_loss_pieces_compose_and_accept_external_targets():
     torch.manual_seed(1)
     k, batch = 5, 4
     loss_fn = DINOLoss(k)
+    loss_fn.center.copy_(torch.randn(1, k))
     t, s = torch.randn(2 * batch, k), torch.randn(3 * batch, k)
     targets = loss_fn.teacher_targets(t, 0.04, 2)
     assert len(targets) == 2 and torch.allclose(targets[0].sum(-1), torch.ones(batch))
     # sharpening: a lower temperature gives a peakier distribution
     assert loss_fn.teacher_targets(t, 0.01, 2)[0].max(-1).values.mean() > targets[0].max(-1).values.mean()
-    # a mixed target (Gen-SIS disentanglement) with every pair counted
-    mixed = [0.3 * targets[0] + 0.7 * targets[1]]
+    # an external target, Gen-SIS's: the teacher LOGITS of two images mixed before the centring and softmax
+    # (mixing their probabilities would be another, wrong, target), with every student crop counted
+    t1, t2 = t.chunk(2)
+    mixed = loss_fn.teacher_targets(0.3 * t1 + 0.7 * t2, 0.04, 1)
     value = loss_fn.cross_entropy(mixed, s, 3, skip_same=False)
     log_p = torch.log_softmax(s / 0.1, -1).chunk(3)
     want = sum((-(mixed[0] * lp).sum(-1)).mean() for lp in log_p) / 3
     torch.testing.assert_close(value, want)
+    assert not torch.allclose(mixed[0], 0.3 * targets[0] + 0.7 * targets[1], atol=1e-3)
+    for j in range(3):  # each crop's term is disentanglement_loss with that mix
+        dis = disentanglement_loss(s.chunk(3)[j], t1, t2, torch.full((batch,), 0.3), loss_fn.center[0], 0.1, 0.04)
+        torch.testing.assert_close(dis, (-(mixed[0] * log_p[j]).sum(-1)).mean())
+
+
+def test_disentanglement_loss_matches_a_hand_computation_and_alpha_weighs_the_first_teacher_output():
+    rng = np.random.default_rng(0)
+    b, k, s_temp, t_temp = 3, 6, 0.1, 0.05
+    s, t1, t2 = (rng.normal(size=(b, k)) for _ in range(3))
+    alpha, center = np.array([0.2, 0.5, 0.9]), rng.normal(size=k) * 0.3
+    want = 0.0
+    for i in range(b):
+        target = _softmax((alpha[i] * t1[i] + (1 - alpha[i]) * t2[i] - center) / t_temp)  # logits mixed, then softmax
+        log_p = np.log(_softmax(s[i] / s_temp))
+        want += -sum(target[j] * log_p[j] for j in range(k)) / b
+    as_t = [torch.tensor(a, dtype=torch.float32) for a in (s, t1, t2, alpha, center)]
+    got = disentanglement_loss(*as_t, student_temp=s_temp, teacher_temp=t_temp)
+    assert got.dtype == torch.float32 and got.item() == pytest.approx(want, rel=1e-5)
+    swapped = disentanglement_loss(as_t[0], as_t[2], as_t[1], 1 - as_t[3], as_t[4], s_temp, t_temp)
+    assert swapped.item() == pytest.approx(want, rel=1e-5)  # alpha is the weight on teacher_logits_1
+    # alpha = 1: the target is DINO's target for x1 (centred, sharpened), whatever t2 is
+    dino = DINOLoss(k, student_temp=s_temp)
+    dino.center.copy_(as_t[4][None])
+    target_x1 = dino.teacher_targets(as_t[1], t_temp, 1)
+    ones = torch.ones(b)
+    got = disentanglement_loss(as_t[0], as_t[1], as_t[2] * 100, ones, as_t[4], s_temp, t_temp)
+    torch.testing.assert_close(got, dino.cross_entropy(target_x1, as_t[0], 1, skip_same=False))
+    # gradients reach the student only, and in fp32 inside a bf16 autocast region
+    student = as_t[0].clone().requires_grad_()
+    teacher = as_t[1].clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = disentanglement_loss(student, teacher, as_t[2], as_t[3], as_t[4], s_temp, t_temp)
+    loss.backward()
+    assert loss.dtype == torch.float32 and student.grad is not None and teacher.grad is None
 
 
 def test_cosine_schedule_warmup_and_endpoints():

@@ -100,9 +100,10 @@ def test_render_qc_draws_contour_and_grid(tmp_path, slide_and_mask):
     plan = plan_patches(slide, 0.5, 64, mask, ds, 0.5)
     out = tmp_path / "qc dir" / "slïde.png"
     render_qc(thumb, mask, plan, ds, out)
+    from pathgen.slide.qc import CONTOUR_COLOUR, GRID_COLOUR, LEGEND_HEIGHT
+
     img = np.asarray(Image.open(out).convert("RGB"))
-    assert img.shape == thumb.shape
-    from pathgen.slide.qc import CONTOUR_COLOUR, GRID_COLOUR
+    assert img.shape == (thumb.shape[0] + LEGEND_HEIGHT, *thumb.shape[1:])  # the legend strip below
 
     assert (img == CONTOUR_COLOUR).all(-1).sum() > 100
     # every kept patch's top-left corner carries the grid colour
@@ -118,7 +119,7 @@ def test_plan_on_a_plain_image(tmp_path):
     Image.fromarray(img).save(path)
     with open_slide(path, mpp=0.5) as slide:
         thumb, ds = slide.thumbnail()
-        plan = plan_patches(slide, 1.0, 16, detect_tissue(thumb, smooth_sigma=0), ds, 0.5)
+        plan = plan_patches(slide, 1.0, 16, detect_tissue(thumb, smooth_um=0), ds, 0.5)
         assert plan.level == 0 and plan.read_size == 32
         np.testing.assert_array_equal(plan.coords, [[64, 32], [96, 32], [64, 64], [96, 64]])
         assert read_patch(slide, plan, plan.coords[0]).shape == (16, 16, 3)

@@ -19,6 +19,7 @@ def test_info_prints_format_levels_mpp_and_power(demo_slide):
     assert "1024 x 768" in out
     assert "0: 1024x768 (/1), 1: 256x192 (/4)" in out
     assert "0.25 (metadata)" in out and "40x" in out
+    assert "tifffile" in out  # the reader that decodes it
 
 
 def test_info_slide_mpp_override_and_plain_image(tmp_path):
@@ -26,7 +27,9 @@ def test_info_slide_mpp_override_and_plain_image(tmp_path):
     Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(png)
     result = runner.invoke(app, ["info", str(png), "--slide-mpp", "0.5"])
     assert result.exit_code == 0, result.output
-    assert "image/png" in result.stdout and "0.5 (override)" in result.stdout and "30 x 20" in result.stdout
+    assert "image/png" in result.stdout and "0.5 (fallback)" in result.stdout and "30 x 20" in result.stdout
+    result = runner.invoke(app, ["info", str(png), "--mpp", "0.3", "--slide-mpp", "0.5"])
+    assert result.exit_code == 0 and "0.3 (override)" in result.stdout
 
 
 def test_info_bad_slides_fail_one_line_each_and_others_still_print(demo_slide, tmp_path):

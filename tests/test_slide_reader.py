@@ -23,7 +23,7 @@ def _tiny_svs(path, mpp, magnification, size=(512, 384)):
 def test_demo_slide_metadata(demo_slide):
     with open_slide(demo_slide) as slide:
         assert slide.format == "aperio"
-        assert slide.reader == "openslide"
+        assert (slide.reader, slide.requested_reader, slide.reader_notice) == ("tifffile", "auto", None)
         assert slide.dimensions == (1024, 768)
         assert slide.level_dimensions == [(1024, 768), (256, 192)]
         assert slide.level_downsamples == pytest.approx([1.0, 4.0])
@@ -202,3 +202,29 @@ def test_tiatoolbox_reader_missing_says_how_to_install(demo_slide):
     else:  # with tiatoolbox installed, it must agree with OpenSlide on the basics
         with open_slide(demo_slide, reader="tiatoolbox") as slide:
             assert slide.dimensions == (1024, 768) and slide.mpp == pytest.approx(0.25)
+
+
+def test_fallback_mpp_only_fills_in_what_the_slide_lacks(demo_slide, tmp_path):
+    with open_slide(demo_slide, fallback_mpp=0.5) as slide:  # the slide says 0.25: it wins over the fallback
+        assert (slide.mpp, slide.mpp_source) == (pytest.approx(0.25), "metadata")
+    bare = _tiny_svs(tmp_path / "bare.svs", mpp=None, magnification=None)
+    with open_slide(bare, fallback_mpp=0.5) as slide:
+        assert (slide.mpp, slide.mpp_source) == (0.5, "fallback")
+    with open_slide(bare, mpp=0.3, fallback_mpp=0.5) as slide:
+        assert (slide.mpp, slide.mpp_source) == (0.3, "override")
+    power_only = _tiny_svs(tmp_path / "power.svs", mpp=None, magnification=20)
+    with open_slide(power_only, fallback_mpp=0.25) as slide:  # the slide's own objective power comes first
+        assert (slide.mpp, slide.mpp_source) == (pytest.approx(0.5), "objective-power")
+
+
+@pytest.mark.parametrize("dpi_or_cm, unit", [((72, 72), "INCH"), ((300, 300), "INCH"), ((100, 100), "CENTIMETER")])
+def test_default_tiff_resolutions_are_not_measurements(tmp_path, dpi_or_cm, unit):
+    """72 dpi (352.8 um/px, as in OpenSlide's boxes.tiff) or any mpp outside 0.05-20 um/px means 'unknown'."""
+    path = tmp_path / "default_res.tif"
+    img = np.full((256, 256, 3), 200, np.uint8)
+    tifffile.imwrite(path, img, tile=(128, 128), photometric="rgb", resolution=dpi_or_cm, resolutionunit=unit)
+    with pytest.raises(SlideError, match="not a measurement") as info:
+        open_slide(path)
+    assert NO_MPP in str(info.value) and str(path) in str(info.value)
+    with open_slide(path, fallback_mpp=0.5) as slide:
+        assert (slide.mpp, slide.mpp_source) == (0.5, "fallback")

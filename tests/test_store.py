@@ -1,18 +1,20 @@
 """Patch stores: round trip against OpenSlide, CLAM/TRIDENT attributes, atomicity, find_stores."""
 
+import io
 from pathlib import Path
 
 import h5py
 import numpy as np
 import openslide
 import pytest
+from PIL import Image
 
 import pathgen.store.writer as store_writer
 from pathgen.errors import StoreError
 from pathgen.slide.tiler import tile_cohort
 from pathgen.store import PatchStoreWriter, find_stores, open_store
 
-TILE = dict(mpp=0.25, patch_size=64)  # level 0 of the demo slides: patches are exactly read_region output
+TILE = dict(mpp=0.25, patch_size=64, workers=0)  # level 0 of the demo slides: patches are exactly read_region output
 
 
 @pytest.fixture(scope="module", params=["zarr", "h5"])
@@ -61,7 +63,9 @@ def test_attrs_include_provenance_and_clam_trident(tiled, demo_slide):
     assert attrs["level0_width"] == 1024 and attrs["level0_height"] == 768
     assert attrs["level0_magnification"] == 40 and attrs["target_magnification"] == 40
     assert attrs["patch_level"] == 0 and attrs["downsample"] == [1.0, 1.0]
-    assert attrs["reader"] == "openslide" and attrs["schema_version"] == 1 and attrs["pathgen_version"]
+    assert attrs["reader"] == "tifffile" and attrs["reader_requested"] == "auto" and "reader_notice" not in attrs
+    assert attrs["codec"] == "jpeg" and attrs["quality"] == 90
+    assert attrs["schema_version"] == 1 and attrs["pathgen_version"]
 
 
 def test_h5_reads_like_clam_and_trident(tmp_path, demo_slide):
@@ -73,7 +77,8 @@ def test_h5_reads_like_clam_and_trident(tmp_path, demo_slide):
         # CLAM: read_region(coord, patch_level, (patch_size, patch_size))
         patch_level, patch_size = int(f["coords"].attrs["patch_level"]), int(f["coords"].attrs["patch_size"])
         region = _openslide_rgb(demo_slide, coords[0], patch_level, patch_size)
-        assert np.abs(region - f["images"][0].astype(np.float32)).mean() < 2.0
+        stored = np.asarray(Image.open(io.BytesIO(f["images"][0].tobytes())))  # JPEG bytes, as README documents
+        assert np.abs(region - stored).mean() < 2.0
         # TRIDENT's read_coords: attrs = dict(f["coords"].attrs), then the level-0 footprint and magnifications
         attrs = dict(f["coords"].attrs)
         keys = ("patch_size", "patch_size_level0", "level0_magnification", "target_magnification", "overlap", "name")
@@ -183,6 +188,7 @@ def test_direct_shard_writes_are_what_zarr_writes(tmp_path, monkeypatch):
         assert fast.shard == 16
         for start in (32, 0, 16):  # any order; the last shard is partial
             write_images_shard(fast.images_path, start, images[start : start + 16], fast.shard)
+            fast.mark_written(start, len(images[start : start + 16]))  # as the tiler does for its workers' shards
     ref_files = sorted((tmp_path / "zarr.zarr" / "images" / "c").rglob("*"))
     assert len([p for p in ref_files if p.is_file()]) == 3
     for p in ref_files:
@@ -201,6 +207,7 @@ def test_fast_patch_reads_match_zarr(tmp_path, monkeypatch):
     with PatchStoreWriter(tmp_path / "s.zarr", np.zeros((40, 2)), np.ones(40), 8, {}) as w:
         w.write(0, images[:16])  # shard 0 whole, shard 1 never written, shard 2 partly
         w.write(32, images[32:36])
+        w.mark_written(0, 40)  # close() refuses a store with holes; a store written by another tool may have them
     import zarr
 
     reference = zarr.open_array(tmp_path / "s.zarr" / "images", mode="r")[:]
@@ -228,3 +235,51 @@ def test_content_id_is_stable_and_changes_with_what_tiling_decided(tmp_path, suf
             ids[name] = store.content_id
             assert store.content_id == ids[name] and len(ids[name]) == 64
     assert ids["a"] == ids["b"] and ids["a"] != ids["c"]
+
+
+@pytest.mark.parametrize("fmt", ["zarr", "h5"])
+def test_close_refuses_a_store_with_patches_never_written(tmp_path, fmt):
+    images = np.full((10, 8, 8, 3), 7, np.uint8)
+    path = tmp_path / f"holes.{fmt}"
+    writer = PatchStoreWriter(path, np.zeros((10, 2)), np.ones(10), 8, {}, fmt=fmt)
+    writer.write(0, images[:4])
+    writer.write(6, images[6:])
+    with pytest.raises(StoreError, match="2 of 10 patches were never written .first: 4"):
+        writer.close()
+    writer.abort()
+    assert not path.exists() and not list(tmp_path.iterdir())
+
+
+def test_close_syncs_the_data_before_the_rename(tmp_path, monkeypatch):
+    """A crash after the rename must not leave a 'complete' store whose shards never reached the disk."""
+    import os
+
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}"))) or
+                        real_fsync(fd))  # fmt: skip
+    monkeypatch.setattr(os, "replace", lambda a, b: events.append(("replace", str(b))) or real_replace(a, b))
+    images = np.random.default_rng(0).integers(0, 256, (5, 8, 8, 3), dtype=np.uint8)
+    with PatchStoreWriter(tmp_path / "s.zarr", np.zeros((5, 2)), np.ones(5), 8, {}) as w:
+        w.write(0, images)
+    renamed = events.index(("replace", str(tmp_path / "s.zarr")))
+    synced = [p for kind, p in events[:renamed] if kind == "fsync"]
+    assert any(p.endswith("/images/c/0/0/0/0") for p in synced) and any(p.endswith("zarr.json") for p in synced)
+    assert ("fsync", str(tmp_path.resolve())) in events[renamed:]  # the rename itself
+
+
+def test_store_reads_the_same_without_zarrs_private_modules(tmp_path, monkeypatch):
+    """The fast shard reader leans on zarr.core (private); if it moves, reading falls back to zarr's public API."""
+    import sys
+
+    images = np.random.default_rng(2).integers(0, 256, (6, 8, 8, 3), dtype=np.uint8)
+    with PatchStoreWriter(tmp_path / "s.zarr", np.zeros((6, 2)), np.ones(6), 8, {}) as w:
+        w.write(0, images)
+    with open_store(tmp_path / "s.zarr") as store:
+        assert store._fast is not None
+        np.testing.assert_array_equal(np.stack([store[i] for i in range(6)]), images)
+    monkeypatch.setitem(sys.modules, "zarr.core.chunk_key_encodings", None)  # import now raises ImportError
+    with open_store(tmp_path / "s.zarr") as store:
+        assert store._fast is None
+        np.testing.assert_array_equal(np.stack([store[i] for i in range(6)]), images)
+        np.testing.assert_array_equal(store.read([5, 0]), images[[5, 0]])

@@ -60,5 +60,32 @@ def test_help_lists_the_options():
     result = runner.invoke(app, ["tile", "--help"])
     assert result.exit_code == 0
     for option in ("--mpp", "--patch-size", "--format", "--workers", "--shard", "--tissue-threshold", "--coords-only",
-                   "--reader", "--slide-mpp", "--overwrite"):  # fmt: skip
+                   "--reader", "--slide-mpp", "--overwrite", "--magnification", "--overlap", "--roi"):  # fmt: skip
         assert option in result.output
+
+
+def test_manifest_merge_combines_an_array_jobs_shards(demo_cohort, tmp_path):
+    out = tmp_path / "out"
+    base = ["tile", str(demo_cohort), "--out", str(out), "--patch-size", "32", "--coords-only", "--workers", "0"]
+    assert runner.invoke(app, [*base, "--shard", "0/2"]).exit_code == 0
+    result = runner.invoke(app, ["manifest", "merge", str(out)])
+    assert result.exit_code == 1 and "shard(s) 1 of 2" in result.output and not (out / "manifest.csv").exists()
+    assert runner.invoke(app, [*base, "--shard", "1/2"]).exit_code == 0
+    result = runner.invoke(app, ["manifest", "merge", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "slides: 4  ok: 4" in result.output and (out / "summary.txt").is_file()
+    rows = read_manifest(out / "manifest.csv")
+    assert [r.slide for r in rows] == sorted(r.slide for r in rows) and len(rows) == 4
+    assert {r.extra["label"] for r in rows} == {"positive", "negative"}  # labels.csv's label column came along
+    assert len(find_stores(out / "manifest.csv")) == 4
+
+
+def test_reader_and_codec_options_reach_the_store(demo_slide, tmp_path):
+    args = ["tile", str(demo_slide), "--out", str(tmp_path), "--mpp", "0.5", "--patch-size", "32"]
+    result = runner.invoke(app, [*args, "--reader", "openslide", "--codec", "webp", "--quality", "70"])
+    assert result.exit_code == 0, result.output
+    with open_store(tmp_path / f"{demo_slide.stem}.zarr") as store:
+        assert (store.attrs["reader"], store.attrs["codec"], store.attrs["quality"]) == ("openslide", "webp", 70)
+        assert store[0].shape == (32, 32, 3)
+    bad = runner.invoke(app, [*args, "--codec", "png"])
+    assert bad.exit_code == 1 and "--codec must be one of lossless, jpeg, webp" in bad.output

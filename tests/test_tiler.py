@@ -19,7 +19,7 @@ from pathgen.pipeline.demo_cohort import make_blank_slide
 from pathgen.slide.tiler import list_slides, parse_shard, tile_cohort
 from pathgen.store import find_stores, open_store, read_manifest
 
-TILE = dict(mpp=0.5, patch_size=32)
+TILE = dict(mpp=0.5, patch_size=32, workers=0)  # workers=0: in this process (the pool is tested on its own)
 
 
 def _rows(manifest: Path) -> dict[str, object]:
@@ -159,8 +159,9 @@ def test_csv_list_with_mpp_column_and_odd_paths(demo_slide, tmp_path):
 def test_two_workers_give_identical_stores(demo_slides, tmp_path, monkeypatch, fmt):
     # Small shards so even these tiny slides are split into several chunks read by different workers.
     monkeypatch.setattr(store_writer, "SHARD_BYTES", 32 * 32 * 3 * 8)
-    one = _rows(tile_cohort(demo_slides[:2], tmp_path / "one", fmt=fmt, workers=1, **TILE))
-    two = _rows(tile_cohort(demo_slides[:2], tmp_path / "two", fmt=fmt, workers=2, **TILE))
+    lossless = dict(fmt=fmt, codec="lossless")  # lossless: stored patches must equal fresh reads exactly
+    one = _rows(tile_cohort(demo_slides[:2], tmp_path / "one", **lossless, **TILE))
+    two = _rows(tile_cohort(demo_slides[:2], tmp_path / "two", **lossless, **{**TILE, "workers": 2}))
     assert {r.status for r in two.values()} == {"ok"}
     assert max(r.n_patches for r in two.values()) > 8  # at least one slide was split across workers
     for name, row in one.items():
@@ -189,3 +190,77 @@ def test_missing_input_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="format"):
         tile_cohort([tmp_path], tmp_path / "out", fmt="tiff")
     assert os.listdir(tmp_path) in ([], ["out"])
+
+
+def test_slide_mpp_is_a_fallback_and_the_csv_column_an_override(demo_slides, tmp_path):
+    """A mixed cohort: --slide-mpp must not rescale slides whose metadata has an mpp; the CSV column does."""
+    (tmp_path / "list.csv").write_text(f"slide,mpp\n{demo_slides[0]},\n{demo_slides[1]},0.3\n")
+    rows = _rows(tile_cohort([tmp_path / "list.csv"], tmp_path / "out", slide_mpp=0.5, coords_only=True, **TILE))
+    assert {r.status for r in rows.values()} == {"ok"}
+    with open_store(tmp_path / "out" / f"{demo_slides[0].stem}.zarr") as store:
+        assert (store.attrs["mpp_level0"], store.attrs["mpp_source"]) == (0.25, "metadata")
+    with open_store(tmp_path / "out" / f"{demo_slides[1].stem}.zarr") as store:
+        assert (store.attrs["mpp_level0"], store.attrs["mpp_source"]) == (0.3, "override")
+
+
+def test_tissue_mask_is_sized_in_microns_and_capped():
+    from pathgen.slide.planning import MASK_MAX_SIDE, mask_downsample
+
+    assert mask_downsample(100_000, 0.25) == 32  # 8 um/px: a 256 px / 0.5 mpp patch spans 16 mask px
+    assert mask_downsample(40_000, 0.5) == 16
+    assert mask_downsample(1024, 0.25) == 4  # small slides get a finer mask, down to 1 um/px
+    assert 1_000_000 / mask_downsample(1_000_000, 0.25) == MASK_MAX_SIDE
+
+
+def test_the_mask_and_grid_cover_the_scanned_bounds_only(demo_slide, tmp_path, monkeypatch):
+    """MRXS (and others) say where the scan is in openslide.bounds-*: tissue is looked for, and patches laid, there."""
+    import pathgen.slide.reader as slide_reader
+
+    bounds = (200, 100, 600, 500)
+    monkeypatch.setattr(slide_reader, "_bounds", lambda props, dims: bounds)
+    rows = _rows(tile_cohort([demo_slide], tmp_path, coords_only=True, tissue_threshold=0.0, **TILE))
+    assert rows[demo_slide.name].n_patches == (600 // 64) * (500 // 64)  # every patch of the bounds, none beyond
+    with open_store(tmp_path / f"{demo_slide.stem}.zarr") as store:
+        assert store.attrs["level0_bounds"] == list(bounds)
+        assert store.coords.min(0).tolist() == [200, 100]
+        assert (store.coords.max(0) + 64 <= [800, 600]).all()
+        assert store.attrs["tissue_mask_mpp"] == pytest.approx(1.0)
+
+
+def test_bounds_properties_are_parsed_and_clipped():
+    from pathgen.slide.reader import _bounds
+
+    props = {"openslide.bounds-x": "100", "openslide.bounds-y": "50", "openslide.bounds-width": "5000",
+             "openslide.bounds-height": "300"}  # fmt: skip
+    assert _bounds(props, (1000, 800)) == (100, 50, 900, 300)
+    assert _bounds({}, (1000, 800)) == (0, 0, 1000, 800)
+    assert _bounds({**props, "openslide.bounds-x": "junk"}, (1000, 800)) == (0, 0, 1000, 800)
+
+
+def test_stale_temps_are_only_this_hosts_dead_ones(demo_slide, tmp_path):
+    """On shared storage another machine's temp is never ours to delete, even if its pid is free here."""
+    import socket
+
+    host = socket.gethostname()
+    name = f"{demo_slide.stem}.zarr"
+    theirs, dead, alive = (tmp_path / f"{name}.tmp-{h}-{p}" for h, p in
+                           [("node-17", 999999999), (host, 999999999), (host, os.getppid())])  # fmt: skip
+    for p in (theirs, dead, alive):
+        p.mkdir()
+    rows = _rows(tile_cohort([demo_slide], tmp_path, coords_only=True, **TILE))
+    assert rows[demo_slide.name].status == "ok"
+    assert theirs.exists() and alive.exists() and not dead.exists()
+    from pathgen.store.writer import temp_path
+
+    assert temp_path(tmp_path / name).name == f"{name}.tmp-{host}-{os.getpid()}"
+
+
+def test_a_fluorescence_slide_is_refused_with_a_reason(tmp_path):
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 12, (384, 512, 3), dtype=np.uint8)  # dark background with bright labelled cells
+    for y, x in rng.integers(20, 360, (40, 2)):
+        dark[y : y + 8, x : x + 8] = (30, 220, 60)
+    Image.fromarray(dark).save(tmp_path / "fluo.png")
+    (tmp_path / "list.csv").write_text("slide,mpp\nfluo.png,0.5\n")
+    rows = _rows(tile_cohort([tmp_path / "list.csv"], tmp_path / "out", **TILE))
+    assert rows["fluo.png"].status == "failed" and "fluorescence" in rows["fluo.png"].error

@@ -32,7 +32,7 @@ def test_agrees_with_the_synthetic_ground_truth():
     synth = SyntheticSlide(1024, 768, seed=5)
     thumb = synth.tile(0, 0, 1024, 768)[1::2, 1::2]
     truth = synth._field_at(0, 0, 1024, 768)[1::2, 1::2] > 0.125  # where the tissue is more than half opaque
-    mask = detect_tissue(thumb)
+    mask = detect_tissue(thumb, mpp=0.5)  # a 0.25 um/px slide at half resolution
     iou = (mask & truth).sum() / (mask | truth).sum()
     assert iou > 0.75
 
@@ -74,3 +74,80 @@ def test_small_specks_removed_and_holes_filled():
 def test_rejects_non_rgb_input():
     with pytest.raises(ValueError, match="RGB"):
         detect_tissue(np.zeros((10, 10), np.uint8))
+
+
+def test_pale_tissue_is_kept_on_a_slide_that_is_mostly_tissue():
+    """20% glass, 40% pale H&E, 40% dense dark tissue: little glass must not lift the threshold above the pale part."""
+    img = _glass((250, 500))
+    hem = color.rgb2hed(data.immunohistochemistry())[:250, :200, 0]
+    dense = np.stack([hem * 3.0 + 0.03, 0.5 * hem + 0.02, np.zeros_like(hem)], axis=-1)
+    img[:, 100:300] = _pale_he((250, 200))
+    img[:, 300:] = (np.clip(color.hed2rgb(dense), 0, 1) * 255).astype(np.uint8)
+    mask = detect_tissue(img)
+    assert mask[:, 110:290].mean() > 0.95  # pale
+    assert mask[:, 310:].mean() > 0.99 and mask[:, :90].mean() == 0  # dense, glass
+
+
+@pytest.mark.parametrize("mpp", [8.0, 2.0])
+def test_sizes_are_in_microns_whatever_the_mask_resolution(mpp):
+    """Two tissue blocks 24 um apart are joined and 120 um apart are not, at 8 and at 2 um per mask pixel."""
+    px = round(8 / mpp)  # mask pixels per 8 um
+    img = _glass((60 * px, 100 * px))
+    block = (150, 90, 60)
+    img[10 * px : 50 * px, 5 * px : 30 * px] = block
+    img[10 * px : 50 * px, 33 * px : 58 * px] = block  # 3 x 8 = 24 um gap
+    img[10 * px : 50 * px, 73 * px : 95 * px] = block  # 15 x 8 = 120 um gap
+    mask = detect_tissue(img, mpp=mpp, smooth_um=0)
+    row = mask[30 * px]
+    assert row[30 * px : 33 * px].all() and not row[60 * px : 71 * px].any()
+
+
+def _mask_res_ihc(shape) -> np.ndarray:
+    """The IHC micrograph as an 8 um/px mask sees it: 16x area-averaged."""
+    from PIL import Image
+
+    ihc = np.tile(data.immunohistochemistry(), (5, 5, 1))
+    small = np.asarray(Image.fromarray(ihc).reduce(16))
+    return np.ascontiguousarray(small[: shape[0], : shape[1]])
+
+
+def test_pen_marks_black_ink_and_padding_are_not_tissue():
+    from pathgen.slide.tissue import segment_tissue
+
+    img = _glass((200, 320))
+    img[40:160, 40:200] = _mask_res_ihc((120, 160))
+    img[:, 300:] = 0  # black scanner padding
+    img[90:110, 20:260] = (40, 160, 80)  # a green marker stroke, across glass and tissue
+    img[20:32, 220:290] = (30, 60, 170)  # a blue one on glass
+    img[170:182, 40:200] = (25, 25, 30)  # black ink under the tissue
+    result = segment_tissue(img)
+    tissue, pen = result.tissue, result.pen
+    for stroke in (np.s_[90:110, 20:260], np.s_[20:32, 220:290], np.s_[170:182, 40:200], np.s_[:, 300:]):
+        assert not tissue[stroke].any() and pen[stroke].all()
+    assert not tissue[:, 280:].any()  # no rim of 'tissue' where padding meets glass
+    assert tissue[45:85, 45:195].mean() > 0.95 and tissue[115:155, 45:195].mean() > 0.95
+
+
+def test_no_pen_is_found_on_stained_tissue(demo_slide):
+    from pathgen.slide.tissue import segment_tissue
+
+    with open_slide(demo_slide) as slide:
+        thumb, ds = slide.thumbnail(max_side=256)
+    assert segment_tissue(thumb, mpp=0.25 * ds).pen.mean() < 0.001
+    assert not segment_tissue(_pale_he()).pen.any()
+    assert not segment_tissue(_mask_res_ihc((120, 160))).pen.any()
+
+
+def test_fast_hsv_and_small_object_removal_equal_scikit_image():
+    from skimage.color import rgb2hsv
+    from skimage.morphology import remove_small_objects as skimage_remove
+
+    from pathgen.slide.tissue import hsv_image, remove_small_objects
+
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (64, 64, 3)).astype(np.uint8)
+    rgb[:8] = 128  # grey: no hue
+    rgb[8:16] = rgb[8:16, :, :1]  # max shared by channels
+    np.testing.assert_allclose(hsv_image(rgb), rgb2hsv(rgb), atol=1e-6)
+    mask = rng.random((64, 64)) > 0.55
+    assert (remove_small_objects(mask, 4) == skimage_remove(mask, max_size=4)).all()

@@ -1,6 +1,7 @@
 """`pathgen` command line. Each module in this package registers its commands on the root app."""
 
-from pathgen.cli import demo, evaluate, generate, info, pretrain, run, tile  # noqa: F401  (importing registers the commands)
+# importing a command module registers its commands
+from pathgen.cli import demo, evaluate, features, generate, info, manifest, mil, pretrain, run, tile  # noqa: F401
 from pathgen.cli.app import app
 
 __all__ = ["app"]

@@ -27,11 +27,18 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-pretrain_app = typer.Typer(help="Pretrain models: DINO SSL, the embedding-conditioned diffusion model.",
-                           no_args_is_help=True)
+pretrain_app = typer.Typer(
+    help="Pretrain models: DINO (ssl), the embedding-conditioned diffusion model (diffusion), Gen-DINO (gensis).",
+    no_args_is_help=True,
+)
 eval_app = typer.Typer(help="Evaluate frozen encoders on labelled patches or image folders.", no_args_is_help=True)
+mil_app = typer.Typer(
+    help="Slide-level multiple-instance learning on patch features: train (cross-validated), predict, heatmap.",
+    no_args_is_help=True,
+)
 app.add_typer(pretrain_app, name="pretrain")
 app.add_typer(eval_app, name="eval")
+app.add_typer(mil_app, name="mil")
 
 
 def _print_version(value: bool) -> None:

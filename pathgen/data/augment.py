@@ -207,9 +207,16 @@ class MultiCropAugmentation:
         views = dino_views(CropView, global_size, local_size, global_scale, local_scale, preset, mean, std)
         self.global1, self.global2, self.local = views
 
-    def __call__(self, img: Image.Image | np.ndarray | torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, img: Image.Image | np.ndarray | torch.Tensor, second=None) -> list[torch.Tensor]:
+        """[global1, global2, local_1..local_n] of `img`; with `second` (Gen-DINO's generated view of `img`), the
+        second global view is cut from that image instead, and the local views stay real."""
         x = to_uint8_chw(img)
-        return [self.global1(x), self.global2(x)] + [self.local(x) for _ in range(self.n_local)]
+        x2 = x if second is None else to_uint8_chw(second)
+        return [self.global1(x), self.global2(x2)] + [self.local(x) for _ in range(self.n_local)]
+
+    def global_view(self, img: Image.Image | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """One view of the first global recipe (Gen-DINO's interpolated and partner images)."""
+        return self.global1(to_uint8_chw(img))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(preset={self.preset!r}, n_local={self.n_local})"
@@ -269,18 +276,30 @@ def views_picture(
 ) -> Image.Image:
     """A picture of what the encoder is trained on: one row per image, its views left to right.
 
-    crops: the batch's views ([B, 3, s, s] each, normalised), as the training loop gets them. Each view keeps its
-    own size, top-aligned, with a 4 px white gap, so local crops show at their true scale against global ones.
+    crops: the batch's views ([B, 3, s, s] each, normalised), as the training loop gets them.
     """
-    gap, n = 4, min(n_images, len(crops[0]))
+    return rows_picture([[view[row] for view in crops] for row in range(min(n_images, len(crops[0])))], mean, std)
+
+
+def rows_picture(
+    rows: Sequence[Sequence[torch.Tensor]],
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> Image.Image:
+    """Rows of normalised [3, s, s] crops, left to right, as one picture.
+
+    Each crop keeps its own size, top-aligned, with a 4 px white gap, so local crops show at their true scale
+    against global ones; rows may differ in length.
+    """
+    gap = 4
     mean_t, std_t = torch.tensor(mean).view(3, 1, 1), torch.tensor(std).view(3, 1, 1)
-    sizes = [c.shape[-1] for c in crops]
-    canvas = Image.new("RGB", (sum(sizes) + gap * (len(crops) + 1), n * (max(sizes) + gap) + gap), "white")
-    for row in range(n):
+    pitch = max(c.shape[-1] for row in rows for c in row) + gap
+    width = max(sum(c.shape[-1] + gap for c in row) for row in rows) + gap
+    canvas = Image.new("RGB", (width, len(rows) * pitch + gap), "white")
+    for r, row in enumerate(rows):
         x = gap
-        for view in crops:
-            pixels = (view[row].detach().float().cpu() * std_t + mean_t).clamp(0, 1).mul(255).round().byte()
-            canvas.paste(Image.fromarray(pixels.permute(1, 2, 0).numpy()), (x, gap + row * (max(sizes) + gap)))
+        for view in row:
+            pixels = (view.detach().float().cpu() * std_t + mean_t).clamp(0, 1).mul(255).round().byte()
+            canvas.paste(Image.fromarray(pixels.permute(1, 2, 0).numpy()), (x, gap + r * pitch))
             x += view.shape[-1] + gap
     return canvas
-

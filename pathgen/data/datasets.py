@@ -3,8 +3,11 @@
 Sources, decided per path:
     a folder whose sub-folders hold images   -> torchvision ImageFolder (class = sub-folder name)
     a store, folder of stores, glob, tiling manifest.csv -> PatchDataset over find_stores(...)
-    a CSV with columns path,label             -> PatchDataset, every patch of a store gets its slide's label
+    a CSV with columns path,label[,case_id]   -> PatchDataset, every patch of a store gets its slide's label
 A list of sources of different kinds is concatenated; their class names must agree.
+
+Every item also belongs to a group (`dataset_groups`): its slide for patch stores, its case when a labelled CSV
+has a case_id column, itself for an ImageFolder image. Held-out splits never put one group on both sides.
 """
 
 import csv
@@ -80,14 +83,14 @@ def _stores(sources: Sequence[Source], transform: Callable | None) -> Dataset:
 
 
 def _labelled_csv(path: Path, transform: Callable | None) -> Dataset:
-    """CSV rows `path,label`: a store (relative to the CSV's folder) and its slide-level class name."""
+    """CSV rows `path,label[,case_id]`: a store (relative to the CSV's folder), its slide-level class, its case."""
     from pathgen.store import PatchDataset, find_stores
 
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows:
         raise ConfigError(path, "no rows under the path,label header")
-    stores, names = [], []
+    stores, names, cases = [], [], []
     for line, row in enumerate(rows, start=2):
         store, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
         if not store or not label:
@@ -98,9 +101,11 @@ def _labelled_csv(path: Path, transform: Callable | None) -> Dataset:
             raise ConfigError(path, f"line {line}: {store} is not a single patch store")
         stores.append(found[0])
         names.append(label)
+        cases.append((row.get("case_id") or "").strip() or str(found[0]))  # no case given: the slide is its own
     classes = sorted(set(names))
     dataset = PatchDataset(stores, transform=transform, labels=[classes.index(n) for n in names])
     dataset.classes = classes
+    dataset.store_groups = cases
     return dataset
 
 
@@ -164,18 +169,59 @@ def align_labels(labels: torch.Tensor, classes: list[str] | None, reference: lis
     return torch.where(labels >= 0, lookup[labels.clamp_min(0)], labels)
 
 
+def dataset_groups(dataset: Dataset) -> np.ndarray:
+    """Every item's group as a string, without loading any image: what a held-out split must keep together.
+
+    Patch stores: the store (one slide), or the case given by a labelled CSV's case_id column. Anything else
+    (an ImageFolder image) is its own group, since nothing says which slide it came from.
+    """
+    if isinstance(dataset, Subset):
+        return dataset_groups(dataset.dataset)[np.asarray(dataset.indices, dtype=np.int64)]
+    if isinstance(dataset, ConcatDataset):
+        return np.concatenate([_part_groups(d, k) for k, d in enumerate(dataset.datasets)])
+    return _part_groups(dataset, None)
+
+
+def _part_groups(dataset: Dataset, part: int | None) -> np.ndarray:
+    from pathgen.store.dataset import PatchDataset
+
+    if isinstance(dataset, Subset | ConcatDataset):
+        return dataset_groups(dataset)
+    if isinstance(dataset, PatchDataset):
+        return np.asarray(dataset.store_groups, dtype=object)[dataset.store_ids]
+    prefix = "item" if part is None else f"item:{part}"  # unique per part: images of two folders never merge
+    return np.array([f"{prefix}:{i}" for i in range(len(dataset))], dtype=object)
+
+
 def split_stratified(dataset: Dataset, test_fraction: float = 0.3, seed: int = 0) -> tuple[Subset, Subset]:
-    """A seeded stratified train/test split (classes with one item go to train)."""
+    """A seeded train/test split by group (slide or case; see `dataset_groups`), stratified by class.
+
+    `test_fraction` is the share of groups held out. A group's class for stratifying is its most common label;
+    groups of a class with a single group go to train. Patches of one slide are near-duplicates, so splitting
+    them one by one would put the same slide on both sides and inflate the score.
+    """
     from sklearn.model_selection import train_test_split
 
     y = dataset_targets(dataset)
-    index = np.arange(len(y))
-    counts = {c: n for c, n in zip(*np.unique(y, return_counts=True), strict=True)}
-    single = np.array([counts[c] < 2 for c in y], dtype=bool)
+    if len(y) == 0:
+        raise PathgenError("cannot split an empty dataset into train and test")
+    uniq, first, inverse = np.unique(dataset_groups(dataset).astype(str), return_index=True, return_inverse=True)
+    rank = np.empty(len(uniq), np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(uniq))  # number groups in order of appearance
+    group_of = rank[inverse.reshape(-1)]
+    votes = np.zeros((len(uniq), int(y.max() - y.min()) + 1), np.int64)
+    np.add.at(votes, (group_of, y - y.min()), 1)
+    group_y = votes.argmax(axis=1) + y.min()
+    index = np.arange(len(uniq))
+    counts = {c: n for c, n in zip(*np.unique(group_y, return_counts=True), strict=True)}
+    single = np.array([counts[c] < 2 for c in group_y], dtype=bool)
     if (~single).sum() < 2:
-        raise PathgenError(f"cannot split {len(y)} item(s) into train and test: no class has 2 items")
+        raise PathgenError(
+            f"cannot split {len(uniq)} group(s) (slides, cases or images) into train and test: no class has 2"
+        )
     n_test = max(1, round(test_fraction * (~single).sum()))
     n_classes = len([c for c, n in counts.items() if n >= 2])
-    stratify = y[~single] if n_classes <= n_test <= (~single).sum() - n_classes else None
+    stratify = group_y[~single] if n_classes <= n_test <= (~single).sum() - n_classes else None
     train, test = train_test_split(index[~single], test_size=n_test, random_state=seed, stratify=stratify)
-    return Subset(dataset, sorted([*train, *index[single]])), Subset(dataset, sorted(test))
+    in_test = np.isin(group_of, test)
+    return Subset(dataset, np.flatnonzero(~in_test).tolist()), Subset(dataset, np.flatnonzero(in_test).tolist())

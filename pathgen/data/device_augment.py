@@ -127,9 +127,22 @@ class DeviceMultiCrop(nn.Module):
         self.global1, self.global2, self.local = views
 
     @torch.no_grad()
-    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected a uint8 batch B x 3 x H x W, got {images.dtype} {tuple(images.shape)}")
+    def forward(self, images: torch.Tensor, second: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """With `second` (a batch like `images`), the second global views are cut from it (Gen-DINO's generated
+        views), the others from `images`."""
+        x = _as_float(images)
         with torch.autocast(images.device.type, enabled=False):
-            x = images.float().div_(255)
-            return [self.global1(x), self.global2(x)] + [self.local(x) for _ in range(self.n_local)]
+            x2 = x if second is None else _as_float(second)
+            return [self.global1(x), self.global2(x2)] + [self.local(x) for _ in range(self.n_local)]
+
+    @torch.no_grad()
+    def global_view(self, images: torch.Tensor) -> torch.Tensor:
+        """A view of the first global recipe of each image (Gen-DINO's interpolated and partner images)."""
+        with torch.autocast(images.device.type, enabled=False):
+            return self.global1(_as_float(images))
+
+
+def _as_float(images: torch.Tensor) -> torch.Tensor:
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected a uint8 batch B x 3 x H x W, got {images.dtype} {tuple(images.shape)}")
+    return images.float().div_(255)

@@ -27,7 +27,8 @@ def evaluate_encoder(
 ) -> dict:
     """Frozen-feature kNN or linear-probe evaluation of `encoder` (see `resolve_encoder` for the specs).
 
-    Without `test`, a seeded stratified split of `train` is held out. Returns the provenance (encoder, data,
+    Without `test`, a seeded stratified split of `train` is held out, by slide (by case where a labelled CSV
+    gives case_id), so no slide is on both sides. Returns the provenance (encoder, data,
     classes, sizes, pathgen version), "results" ({"k=20": {"top1", "balanced_acc", ...}, ...} or
     {"linear": {...}}) and the primary setting's "top1"/"balanced_acc" at the top level.
     """
@@ -53,7 +54,7 @@ def evaluate_encoder(
         "method": method,
         "encoder": encoder,
         "train": [str(s) for s in train],
-        "test": [str(s) for s in test] if test else f"stratified {test_fraction:g} split of train (seed {seed})",
+        "test": [str(s) for s in test] if test else f"stratified {test_fraction:g} split by slide (seed {seed})",
         "classes": dataset_classes(train_set),
         "n_train": len(train_y),
         "n_test": len(test_y),

@@ -321,7 +321,8 @@ def make_demo_cohort(
     """Write `<out_dir>/slides/slide_NNN.svs` and `<out_dir>/labels.csv`; return the labels.csv path.
 
     Labels are balanced (positive first half, then shuffled by the seed). The `slide` column holds the
-    slide path relative to labels.csv, so the CSV itself is a valid slide list for `pathgen tile`.
+    slide path relative to labels.csv, so the CSV itself is a valid slide list for `pathgen tile`; `slide_id` is
+    the name its store and feature files get, so it is also a labels file for `pathgen mil train`.
     """
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
@@ -332,10 +333,10 @@ def make_demo_cohort(
         rel = Path("slides") / f"slide_{i:03d}.svs"
         synth = SyntheticSlide(width, height, seed=int(rng.integers(2**31)), positive=bool(pos))
         write_svs(out_dir / rel, width, height, synth.tile, mpp=mpp, magnification=round(10.0 / mpp, 2))
-        rows.append({"slide": rel.as_posix(), "label": "positive" if pos else "negative"})
+        rows.append({"slide": rel.as_posix(), "slide_id": rel.stem, "label": "positive" if pos else "negative"})
     labels = out_dir / "labels.csv"
     with labels.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["slide", "label"])
+        writer = csv.DictWriter(f, fieldnames=["slide", "slide_id", "label"])
         writer.writeheader()
         writer.writerows(rows)
     return labels

@@ -18,13 +18,13 @@ from pathgen.runtime.seeding import ResumableSampler
 
 class ResumableLoader:
     def __init__(self, dataset: Dataset, batch_size: int, seed: int, num_workers: int = 0,
-                 pin_memory: bool = False):
+                 pin_memory: bool = False, collate_fn=None):
         self.dataset, self.batch_size, self.seed = dataset, batch_size, seed
         self.sampler = ResumableSampler(distributed_sampler(dataset, seed=seed), batch_size)
         self.generator = torch.Generator()
         self.loader = DataLoader(
             dataset, batch_size=batch_size, sampler=self.sampler, num_workers=num_workers, drop_last=True,
-            pin_memory=pin_memory, generator=self.generator, persistent_workers=False,
+            pin_memory=pin_memory, generator=self.generator, persistent_workers=False, collate_fn=collate_fn,
         )
 
     @property

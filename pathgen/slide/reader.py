@@ -1,10 +1,14 @@
 """Open whole-slide images behind one small interface, with a resolution you can trust.
 
 OpenSlide (through openslide-python + openslide-bin) reads SVS, NDPI, MRXS, SCN, generic tiled TIFF and
-DICOM; plain PNG/JPEG images open as one-level slides via its PIL-backed ImageSlide. TIAToolbox's
-WSIReader is an optional backend. Microns per pixel come from, in order: the caller's override, the
-slide metadata, the objective power (10 / power), else a SlideError: a silently wrong mpp is the most
-common way tiling goes wrong, so we never guess.
+DICOM; plain PNG/JPEG images open as one-level slides via its PIL-backed ImageSlide. The default reader,
+"auto", decodes the tiles of Aperio SVS and generic tiled TIFF slides with tifffile instead (pathgen.slide.tiff:
+the same pixels, several times cheaper) and falls back to OpenSlide, with the reason in `reader_notice`, for any
+slide whose layout or colour handling it cannot reproduce. TIAToolbox's WSIReader is an optional backend.
+Microns per pixel come from, in order: the caller's override, the slide's recorded mpp, its objective power
+(10 / power), the caller's fallback, else a SlideError: a silently wrong mpp is the most common way tiling goes
+wrong, so we never guess. A recorded mpp outside 0.05-20 um/px is a default (TIFF's 72 dpi is 352.8 um/px), not
+a measurement, and counts as missing.
 """
 
 from __future__ import annotations
@@ -16,11 +20,15 @@ from typing import Any
 import numpy as np
 
 from pathgen.errors import SlideError
+from pathgen.slide.tiff import FORMATS as TIFF_FORMATS
+from pathgen.slide.tiff import TiffRegions, Unsupported, level_xy
 
 NO_MPP = "no microns-per-pixel in metadata or objective power; pass --slide-mpp or an mpp column"
 # Vendor formats OpenSlide reads that are never plain images; .tif/.tiff may be either, so they may fall back.
 WSI_SUFFIXES = {".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm"}
 _EIGHT_BIT_MODES = {"1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr"}
+MPP_RANGE = (0.05, 20.0)  # um/px a slide scanner can produce; outside it a recorded value is a default or junk
+_POWER_RANGE = (1.0, 200.0)
 _LEVEL_TOLERANCE = 0.01  # a level 1% coarser than asked still counts (pyramid downsamples are rarely exact)
 
 
@@ -31,6 +39,8 @@ def _one_line(err: BaseException) -> str:
 
 class _OpenSlideBackend:
     """openslide.OpenSlide for real slides, openslide.ImageSlide (PIL) for plain images."""
+
+    name = "openslide"
 
     def __init__(self, path: Path):
         import openslide
@@ -54,6 +64,7 @@ class _OpenSlideBackend:
         self.level_downsamples = [float(d) for d in self.osr.level_downsamples]
         self.metadata_mpp = _mean_mpp(props.get("openslide.mpp-x"), props.get("openslide.mpp-y"))
         self.objective_power = _positive_float(props.get("openslide.objective-power"))
+        self.bounds = _bounds(props, self.level_dimensions[0])
 
     def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         from PIL import Image
@@ -67,6 +78,51 @@ class _OpenSlideBackend:
         self.osr.close()
         if self._image is not None:
             self._image.close()
+
+
+class _TiffBackend:
+    """OpenSlide's view of a tiled TIFF slide (levels, mpp, format), with its tiles decoded by tifffile."""
+
+    name = "tifffile"
+
+    def __init__(self, path: Path, osr: _OpenSlideBackend):
+        self._osr = osr
+        for key in ("format", "level_dimensions", "level_downsamples", "metadata_mpp", "objective_power", "bounds"):
+            setattr(self, key, getattr(osr, key))
+        self.tiles = TiffRegions.open(path, osr.format, osr.level_dimensions)
+        try:
+            self._probe()
+        except BaseException:
+            self.tiles.close()
+            raise
+
+    def _probe(self) -> None:
+        """Unsupported unless one tile per level decodes to exactly OpenSlide's pixels.
+
+        The checks in TiffRegions.open cover the layout; this covers decoder and colour-space quirks no tag
+        reveals. Level 0 is checked at its centre (tissue, usually), coarser levels at their origin, the one
+        place where OpenSlide does not interpolate a level whose downsample is not whole.
+        """
+        for level, page in enumerate(self.tiles.pages):
+            (w, h), ds = self.level_dimensions[level], self.level_downsamples[level]
+            tw, th = min(page.tilewidth, w), min(page.tilelength, h)
+            x, y = ((w // 2) // tw * tw, (h // 2) // th * th) if level == 0 else (0, 0)
+            try:
+                ours = self.tiles.read(level, x, y, tw, th)
+            except Exception as err:  # noqa: BLE001 - a damaged tile: OpenSlide then reports it on read, or copes
+                raise Unsupported(f"level {level}: tifffile cannot decode a tile ({_one_line(err)})") from None
+            theirs = self._osr.read_region((round(x * ds), round(y * ds)), level, (tw, th))  # RGB on white
+            if not np.array_equal(ours, theirs):
+                diff = int(np.abs(ours.astype(np.int16) - theirs).max())
+                raise Unsupported(f"level {level}: tifffile's pixels differ from OpenSlide's (by up to {diff})")
+
+    def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
+        ds = self.level_downsamples[level]
+        return self.tiles.read(level, level_xy(xy[0], ds), level_xy(xy[1], ds), size[0], size[1])
+
+    def close(self) -> None:
+        self.tiles.close()
+        self._osr.close()
 
 
 def _load_image(path: Path):
@@ -95,6 +151,8 @@ def _load_image(path: Path):
 class _TiatoolboxBackend:
     """tiatoolbox.wsicore.WSIReader, for formats or behaviour OpenSlide lacks (optional extra)."""
 
+    name = "tiatoolbox"
+
     def __init__(self, path: Path):
         try:
             from tiatoolbox.wsicore.wsireader import WSIReader
@@ -111,6 +169,7 @@ class _TiatoolboxBackend:
         mpp = info.mpp
         self.metadata_mpp = _mean_mpp(*mpp) if mpp is not None else None
         self.objective_power = _positive_float(info.objective_power)
+        self.bounds = (0, 0, *self.level_dimensions[0])
 
     def read_region(self, xy: tuple[int, int], level: int, size: tuple[int, int]) -> np.ndarray:
         # Baseline (level-0) location, output size in pixels of `level`, like OpenSlide's read_region;
@@ -124,7 +183,41 @@ class _TiatoolboxBackend:
             close()
 
 
-_BACKENDS = {"openslide": _OpenSlideBackend, "tiatoolbox": _TiatoolboxBackend}
+# "auto": tifffile where it reproduces OpenSlide's pixels, OpenSlide for everything else.
+# "tifffile": the fast path or a SlideError. "openslide": OpenSlide only (the tiler then also reads patch by patch).
+READERS = ("auto", "tifffile", "openslide", "tiatoolbox")
+OPTIONAL_READERS = {"tiatoolbox": "tiatoolbox"}  # reader -> the module it needs, not a pathgen dependency
+
+
+def check_reader(reader: str) -> str | None:
+    """Why `reader` cannot be used here (unknown, or its package not installed), or None if it can."""
+    import importlib.util
+
+    if reader not in READERS:
+        return f"--reader must be one of {', '.join(READERS)}, got {reader!r}"
+    module = OPTIONAL_READERS.get(reader)
+    if module is not None and importlib.util.find_spec(module) is None:
+        return f"reader {reader!r} needs {module}, which is not installed; pip install pathgen[{module}]"
+    return None
+
+
+def _open_backend(path: Path, reader: str):
+    """(backend, notice): the backend that decodes this slide and, when "auto" fell back, why."""
+    if reader == "tiatoolbox":
+        return _TiatoolboxBackend(path), None
+    osr = _OpenSlideBackend(path)
+    if reader == "openslide" or (reader == "auto" and osr.format not in TIFF_FORMATS):
+        return osr, None  # not a TIFF-family slide: OpenSlide is the designed path, nothing to report
+    try:
+        return _TiffBackend(path, osr), None
+    except Unsupported as why:
+        if reader == "tifffile":
+            osr.close()
+            raise SlideError(path, f"reader 'tifffile' cannot read this slide: {why}") from None
+        return osr, f"read by OpenSlide: {why}"
+    except BaseException:
+        osr.close()
+        raise
 
 
 def _positive_float(value: Any) -> float | None:
@@ -135,50 +228,75 @@ def _positive_float(value: Any) -> float | None:
     return v if math.isfinite(v) and v > 0 else None
 
 
+def _bounds(props, dimensions: tuple[int, int]) -> tuple[int, int, int, int]:
+    """The scanned area (x, y, w, h) in level-0 pixels: OpenSlide's bounds-* properties (MRXS, SCN, ...), clipped to
+    the slide; the whole slide where they are absent or nonsense."""
+    width, height = dimensions
+    try:
+        x, y, w, h = (int(props[f"openslide.bounds-{k}"]) for k in ("x", "y", "width", "height"))
+    except (KeyError, ValueError):
+        return 0, 0, width, height
+    x0, y0 = min(max(0, x), width), min(max(0, y), height)
+    x1, y1 = min(width, x + w), min(height, y + h)
+    return (x0, y0, x1 - x0, y1 - y0) if x1 > x0 and y1 > y0 else (0, 0, width, height)
+
+
 def _mean_mpp(x: Any, y: Any) -> float | None:
     vals = [v for v in (_positive_float(x), _positive_float(y)) if v is not None]
     return sum(vals) / len(vals) if vals else None
 
 
-def _composite_on_white(region: np.ndarray) -> np.ndarray:
-    """RGBA (straight alpha, as openslide-python returns it) -> RGB over white glass."""
-    if region.ndim == 3 and region.shape[2] == 3:
-        return np.ascontiguousarray(region, dtype=np.uint8)
-    if region[..., 3].min() == 255:
-        return np.ascontiguousarray(region[..., :3])
-    rgb, alpha = region[..., :3].astype(np.uint16), region[..., 3:4].astype(np.uint16)
-    return ((rgb * alpha + 255 * (255 - alpha) + 127) // 255).astype(np.uint8)
+def _in_range(value: float | None, lo_hi: tuple[float, float]) -> float | None:
+    return value if value is not None and lo_hi[0] <= value <= lo_hi[1] else None
 
 
 class Slide:
-    """One open whole-slide image. Coordinates are level-0 (x, y); arrays are uint8 RGB, H x W x 3."""
+    """One open whole-slide image. Coordinates are level-0 (x, y); arrays are uint8 RGB, H x W x 3.
 
-    def __init__(self, path: str | Path, reader: str = "openslide", mpp: float | None = None):
+    `mpp` overrides whatever the slide records; `fallback_mpp` is used only when it records no usable resolution.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        reader: str = "auto",
+        mpp: float | None = None,
+        fallback_mpp: float | None = None,
+    ):
         self.path = Path(path)
-        self.reader = reader
-        if reader not in _BACKENDS:
-            raise SlideError(self.path, f"unknown reader {reader!r}; choose one of {', '.join(_BACKENDS)}")
+        if reader not in READERS:
+            raise SlideError(self.path, f"unknown reader {reader!r}; choose one of {', '.join(READERS)}")
         if not self.path.is_file():
             raise SlideError(self.path, "no such file" if not self.path.exists() else "not a file")
-        self._backend = _BACKENDS[reader](self.path)
+        self._backend, self.reader_notice = _open_backend(self.path, reader)
         b = self._backend
+        self.requested_reader: str = reader
+        self.reader: str = b.name  # what decodes the pixels: tifffile, openslide or tiatoolbox
         self.format: str = b.format
         self.level_dimensions: list[tuple[int, int]] = b.level_dimensions
         self.level_downsamples: list[float] = b.level_downsamples
         self.dimensions: tuple[int, int] = self.level_dimensions[0]
-        self.objective_power: float | None = b.objective_power
-        if mpp is not None:
-            if _positive_float(mpp) is None:
+        self.bounds: tuple[int, int, int, int] = b.bounds  # level-0 (x, y, w, h) that was scanned
+        self.objective_power: float | None = _in_range(b.objective_power, _POWER_RANGE)
+        metadata_mpp = _in_range(b.metadata_mpp, MPP_RANGE)
+        for name, value in (("mpp override", mpp), ("fallback mpp", fallback_mpp)):
+            if value is not None and _positive_float(value) is None:
                 self.close()
-                raise SlideError(self.path, f"mpp override must be a positive number, got {mpp!r}")
+                raise SlideError(self.path, f"{name} must be a positive number, got {value!r}")
+        if mpp is not None:
             self.mpp, self.mpp_source = float(mpp), "override"
-        elif b.metadata_mpp is not None:
-            self.mpp, self.mpp_source = b.metadata_mpp, "metadata"
-        elif b.objective_power is not None:
-            self.mpp, self.mpp_source = 10.0 / b.objective_power, "objective-power"  # 40x ~ 0.25 um/px
+        elif metadata_mpp is not None:
+            self.mpp, self.mpp_source = metadata_mpp, "metadata"
+        elif self.objective_power is not None:
+            self.mpp, self.mpp_source = 10.0 / self.objective_power, "objective-power"  # 40x ~ 0.25 um/px
+        elif fallback_mpp is not None:
+            self.mpp, self.mpp_source = float(fallback_mpp), "fallback"
         else:
             self.close()
-            raise SlideError(self.path, NO_MPP)
+            why = ""
+            if b.metadata_mpp is not None:
+                why = f" (it records {b.metadata_mpp:.4g} um/px, a default such as 72 dpi, not a measurement)"
+            raise SlideError(self.path, NO_MPP + why)
 
     @property
     def level_count(self) -> int:
@@ -190,7 +308,7 @@ class Slide:
             region = self._backend.read_region((int(xy[0]), int(xy[1])), int(level), (int(size[0]), int(size[1])))
         except Exception as err:  # a corrupt tile deep inside a slide surfaces only here
             raise SlideError(self.path, f"cannot read region {tuple(xy)} level {level}: {_one_line(err)}") from None
-        return _composite_on_white(region)
+        return np.ascontiguousarray(region, dtype=np.uint8)  # backends composite RGBA on white themselves
 
     def best_level_for_downsample(self, downsample: float) -> int:
         """The coarsest level whose downsample does not exceed `downsample` (1% tolerance); level 0 at worst.
@@ -200,27 +318,30 @@ class Slide:
         ok = [i for i, d in enumerate(self.level_downsamples) if d <= downsample * (1 + _LEVEL_TOLERANCE)]
         return max(ok, key=lambda i: self.level_downsamples[i]) if ok else 0
 
-    def thumbnail(self, max_side: int = 2048) -> tuple[np.ndarray, float]:
+    def thumbnail(
+        self, max_side: int = 2048, region: tuple[int, int, int, int] | None = None
+    ) -> tuple[np.ndarray, float]:
         """(uint8 RGB thumbnail whose long side is <= max_side, level-0 pixels per thumbnail pixel).
 
-        Reads the best pyramid level in bounded chunks and box-reduces each by an integer factor, so memory
-        stays proportional to the thumbnail even for a huge slide with no pyramid.
+        `region` (level-0 x, y, w, h; default the whole slide) is what the thumbnail shows; its top-left pixel is
+        the region's. Reads the best pyramid level in bounded chunks and box-reduces each by an integer factor, so
+        memory stays proportional to the thumbnail even for a huge slide with no pyramid.
         """
         from PIL import Image
 
-        width, height = self.dimensions
+        rx, ry, width, height = region if region is not None else (0, 0, *self.dimensions)
         want = max(1.0, max(width, height) / max_side)
         level = self.best_level_for_downsample(want)
-        lw, lh = self.level_dimensions[level]
         ds = self.level_downsamples[level]
+        lw, lh = max(1, math.ceil(width / ds)), max(1, math.ceil(height / ds))
         factor = max(1, math.ceil(max(lw, lh) / max_side))
         out = np.full((math.ceil(lh / factor), math.ceil(lw / factor), 3), 255, np.uint8)
         chunk = factor * max(1, 4096 // factor)  # level pixels per chunk side, a multiple of factor
         for cy in range(0, lh, chunk):
             for cx in range(0, lw, chunk):
                 w, h = min(chunk, lw - cx), min(chunk, lh - cy)
-                region = self.read_region((round(cx * ds), round(cy * ds)), level, (w, h))
-                small = np.asarray(Image.fromarray(region).reduce(factor)) if factor > 1 else region
+                pixels = self.read_region((rx + round(cx * ds), ry + round(cy * ds)), level, (w, h))
+                small = np.asarray(Image.fromarray(pixels).reduce(factor)) if factor > 1 else pixels
                 ty, tx = cy // factor, cx // factor
                 out[ty : ty + small.shape[0], tx : tx + small.shape[1]] = small
         return out, ds * factor
@@ -242,9 +363,13 @@ class Slide:
         return f"Slide({str(self.path)!r}, {self.format}, {w}x{h}, {self.level_count} levels, mpp={self.mpp:.4g})"
 
 
-def open_slide(path: str | Path, reader: str = "openslide", mpp: float | None = None) -> Slide:
+def open_slide(
+    path: str | Path, reader: str = "auto", mpp: float | None = None, fallback_mpp: float | None = None
+) -> Slide:
     """Open a slide (or a plain image) for reading; SlideError with a one-line reason if that is impossible.
 
-    `mpp` overrides the level-0 microns per pixel from the metadata (e.g. from the CLI or a CSV column).
+    `reader` is one of READERS; `slide.reader` then names what decodes the pixels (see `_open_backend`).
+    `mpp` overrides the level-0 microns per pixel the slide records (e.g. a CSV `mpp` column); `fallback_mpp`
+    (--slide-mpp) is used only for a slide that records neither an mpp nor an objective power.
     """
-    return Slide(path, reader=reader, mpp=mpp)
+    return Slide(path, reader=reader, mpp=mpp, fallback_mpp=fallback_mpp)

@@ -1,142 +1,53 @@
-"""Tile slides into patch stores: one slide (`tile_slide`) or a whole cohort (`tile_cohort`).
+"""Tile a cohort of slides into patch stores (`tile_cohort`).
 
-Per slide the parent process opens the slide, detects tissue on a thumbnail, plans the patch grid, writes the
-QC image and creates the store. The plan is then cut into row-major chunks of one Zarr shard each, and the
-chunks of all slides go through one queue of worker processes, so workers are busy across slides and within
-one large slide alike. Zarr chunks are written by the workers straight into their own shard files (compression
-runs in parallel too); HDF5 has a single writer, so its chunks come back to the parent. A slide's store is
-renamed into place only when all of its chunks are in.
+Everything that touches a slide runs in a pool of worker processes; the parent schedules and writes HDF5. Each
+slide is planned in a worker (`plan_task`: open, find the tissue, lay the grid, draw the QC picture), then its
+grid is cut into row-major chunks of one Zarr shard each, and the chunks of all slides go through the same
+queue, so workers are busy across slides and within one large slide alike. Zarr chunks are written by the
+workers straight into their own shard files (compression runs in parallel too); HDF5 has a single writer, so its
+chunks come back to the parent. A slide's store is renamed into place only when all of its chunks are in.
+
+A worker that dies (the out-of-memory killer, a segfault in a native library) breaks the pool. The pool is then
+rebuilt and every task that was in flight is retried once, alone, so a task that kills its worker again is the
+culprit: only its slide fails, with a one-line reason, and the rest of the cohort carries on. `workers=0` runs
+everything in this process, without that protection (for debugging).
 """
 
-import csv
-import multiprocessing
-import os
 import sys
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from pathgen.errors import ConfigError, PathgenError, StoreError
-from pathgen.store.manifest import ManifestRow, manifest_name, summarize, write_manifest
-from pathgen.store.reader import open_store
-from pathgen.store.writer import FORMATS, PatchStoreWriter, remove_path, write_images_shard
+from pathgen.errors import ConfigError, one_line
+from pathgen.slide.discovery import SlideJob, list_slides, parse_shard, shard_of
+from pathgen.store.codecs import DEFAULT_CODEC, DEFAULT_QUALITY, PatchCodec
+from pathgen.store.manifest import ManifestRow, manifest_name, summarize, summary_path, write_manifest
+from pathgen.store.writer import FORMATS, write_images_shard
 
-# Extensions picked up when a folder is given. OpenSlide 4 formats, DICOM, and plain images.
-SLIDE_EXTENSIONS = {
-    ".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".scn", ".mrxs", ".svslide", ".bif", ".dcm",
-    ".png", ".jpg", ".jpeg",
-}  # fmt: skip
-# Tissue detection and QC pictures: ~12 thumbnail px per 256 px / 0.5 mpp patch on a 40x slide, and small
-# enough to come from a coarse pyramid level (reading a finer one cost ~0.8 s per slide).
-THUMBNAIL_SIDE = 1024
-
-
-@dataclass(frozen=True)
-class SlideJob:
-    path: Path
-    mpp: float | None = None  # per-slide override (CSV `mpp` column or --slide-mpp)
-
-    @property
-    def name(self) -> str:
-        return self.path.stem
+__all__ = ["TileParams", "tile_cohort", "list_slides", "parse_shard", "summary_path"]
 
 
 @dataclass(frozen=True)
 class TileParams:
-    mpp: float = 0.5
+    mpp: float | None = 0.5  # None: by magnification
     patch_size: int = 256
     fmt: str = "zarr"
     tissue_threshold: float = 0.5
     coords_only: bool = False
-    reader: str = "openslide"
+    reader: str = "auto"
+    magnification: float | None = None
+    overlap: int = 0
+    roi: str | None = None  # folder of GeoJSON annotations, one per slide
+    codec: str = DEFAULT_CODEC
+    quality: int = DEFAULT_QUALITY
 
-
-# ---------------------------------------------------------------------------------------------- slide lists
-
-
-def _read_slide_csv(path: Path, default_mpp: float | None) -> list[SlideJob]:
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.DictReader(f))
-    columns = set(rows[0]) if rows else set()
-    key = "slide" if "slide" in columns else "path" if "path" in columns else None
-    if key is None:
-        raise ConfigError(path, "slide list needs a 'slide' or 'path' column")
-    jobs = []
-    for line, row in enumerate(rows, start=2):
-        slide = Path(row[key].strip())
-        if not slide.is_absolute():  # relative to the CSV, so a cohort folder can move as a whole
-            slide = path.parent / slide
-        mpp = default_mpp
-        if (row.get("mpp") or "").strip():
-            try:
-                mpp = float(row["mpp"])
-            except ValueError:
-                raise ConfigError(path, f"line {line}: mpp {row['mpp']!r} is not a number") from None
-            if mpp <= 0:
-                raise ConfigError(path, f"line {line}: mpp must be positive, got {mpp}")
-        jobs.append(SlideJob(slide, mpp))
-    return jobs
-
-
-def _slides_in(folder: Path, skip: Path | None = None) -> list[Path]:
-    found = []
-    for root, dirs, files in os.walk(folder):
-        # Never descend into stores, nor into the output folder (its qc/*.png are not slides).
-        dirs[:] = [d for d in dirs if not d.endswith(".zarr") and (skip is None or Path(root, d).resolve() != skip)]
-        dicom_taken = False
-        for name in sorted(files):
-            suffix = Path(name).suffix.lower()
-            if suffix == ".dcm":  # OpenSlide opens a DICOM slide from any one file of its series folder
-                if dicom_taken:
-                    continue
-                dicom_taken = True
-            if suffix in SLIDE_EXTENSIONS:
-                found.append(Path(root, name))
-    return found
-
-
-def list_slides(
-    sources: Iterable[str | Path], slide_mpp: float | None = None, out_dir: str | Path | None = None
-) -> list[SlideJob]:
-    """Slides from files, folders (recursive, skipping `out_dir`) and CSV lists (column slide or path, optional
-    mpp), sorted by path."""
-    skip = Path(out_dir).resolve() if out_dir is not None else None
-    jobs: dict[str, SlideJob] = {}
-    for source in sources:
-        path = Path(source)
-        if not path.exists():
-            raise ConfigError(path, "no such slide, folder or slide list")
-        if path.is_dir():
-            found = [SlideJob(p, slide_mpp) for p in _slides_in(path, skip)]
-        elif path.suffix.lower() == ".csv":
-            found = _read_slide_csv(path, slide_mpp)
-        else:
-            found = [SlideJob(path, slide_mpp)]
-        for job in found:
-            jobs.setdefault(str(job.path), job)
-    ordered = sorted(jobs.values(), key=lambda j: str(j.path))
-    seen: dict[str, Path] = {}
-    for job in ordered:
-        if job.name in seen:
-            raise ConfigError(job.path, f"same file name as {seen[job.name]}; stores are named by slide, rename one")
-        seen[job.name] = job.path
-    return ordered
-
-
-def parse_shard(text: str) -> tuple[int, int]:
-    """'I/N' -> (I, N) with 0 <= I < N."""
-    try:
-        index, count = (int(x) for x in text.split("/"))
-    except ValueError:
-        raise ConfigError(None, f"--shard must look like I/N (e.g. 0/4), got {text!r}") from None
-    if not 0 <= index < count:
-        raise ConfigError(None, f"--shard {text}: need 0 <= I < N")
-    return index, count
+    @property
+    def patch_codec(self) -> PatchCodec:
+        return PatchCodec(self.codec, self.quality)
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -145,12 +56,12 @@ def parse_shard(text: str) -> tuple[int, int]:
 _OPEN_SLIDES: OrderedDict = OrderedDict()  # per process: a few open slide handles, reused across chunks
 
 
-def _cached_slide(path: str, reader: str, mpp: float | None):
+def _cached_slide(path: str, reader: str, mpp: float | None, fallback_mpp: float | None = None):
     from pathgen.slide import open_slide
 
-    key = (path, reader, mpp)
+    key = (path, reader, mpp, fallback_mpp)
     if key not in _OPEN_SLIDES:
-        _OPEN_SLIDES[key] = open_slide(path, reader=reader, mpp=mpp)
+        _OPEN_SLIDES[key] = open_slide(path, reader=reader, mpp=mpp, fallback_mpp=fallback_mpp)
         while len(_OPEN_SLIDES) > 4:
             _OPEN_SLIDES.popitem(last=False)[1].close()
     _OPEN_SLIDES.move_to_end(key)
@@ -169,8 +80,10 @@ class ChunkTask:
     mpp: float | None
     plan: object  # PatchPlan restricted to this chunk's coords
     start: int
-    images_path: str | None  # Zarr: write here in the worker; None: send the pixels back
+    images_path: str | None  # Zarr: write here in the worker; None: send the pixels (or encoded patches) back
     shard: int = 0  # patches per Zarr shard
+    fallback_mpp: float | None = None
+    codec: PatchCodec = PatchCodec()
 
 
 _BUFFER: list[np.ndarray] = []  # per process: the reused pixel buffer of read_chunk
@@ -189,243 +102,55 @@ def _chunk_buffer(shape: tuple[int, ...]) -> np.ndarray:
 
 
 def read_chunk(task: ChunkTask) -> tuple[str, int, object]:
-    """Read one chunk of patches in row-major order. Returns ('ok', start, pixels or count) or ('error', start, msg).
+    """Read one chunk of patches in row-major order, a region at a time (patch by patch for reader "openslide").
 
-    Errors come back as text: exceptions with custom constructors do not survive pickling between processes.
+    Returns ('ok', start, count) once written to Zarr, ('ok', start, pixels or encoded patches) for the parent to
+    write, or ('error', start, msg). Errors come back as text: exceptions with custom constructors do not
+    survive pickling between processes.
     """
-    from pathgen.slide import read_patch
+    from pathgen.slide.grid import REGION_SIDE, read_patches
 
     try:
-        slide = _cached_slide(task.slide, task.reader, task.mpp)
+        slide = _cached_slide(task.slide, task.reader, task.mpp, task.fallback_mpp)
         s = task.plan.patch_size
         shape = (len(task.plan.coords), s, s, 3)
         # Zarr chunks never leave this process, so one buffer serves them all; HDF5 chunks go back to the parent.
         batch = _chunk_buffer(shape) if task.images_path is not None else np.empty(shape, dtype=np.uint8)
-        for i, xy in enumerate(task.plan.coords):
-            batch[i] = read_patch(slide, task.plan, (int(xy[0]), int(xy[1])))
-        if task.images_path is None:
-            return "ok", task.start, batch
-        write_images_shard(task.images_path, task.start, batch, task.shard)
+        # --reader openslide is the old path, for comparison and as a way out: one read_region call per patch.
+        read_patches(slide, task.plan, task.plan.coords, batch, 0 if task.reader == "openslide" else REGION_SIDE)
+        if task.images_path is None:  # HDF5: encode here, in parallel, and send back ~10x fewer bytes
+            return "ok", task.start, [task.codec.encode(p) for p in batch] if task.codec.lossy else batch
+        write_images_shard(task.images_path, task.start, batch, task.shard, task.codec)
         return "ok", task.start, len(batch)
     except Exception as err:  # noqa: BLE001 - any failure fails this slide only, with a one-line reason
-        return "error", task.start, _one_line(err)
+        return "error", task.start, one_line(err)
 
 
-def _one_line(err: BaseException) -> str:
-    """The manifest's error cell: one line, without repeating the slide path the row already names."""
-    text = str(err) if isinstance(err, PathgenError) else f"{type(err).__name__}: {err}"
-    prefix = f"{getattr(err, 'path', None)}: "
-    if text.startswith(prefix):
-        text = text[len(prefix) :]
-    return " ".join(text.split())[:500]
-
-
-# ---------------------------------------------------------------------------------------------- one slide
-
-
-def _magnification(value: float) -> float | int:
-    value = round(value, 3)
-    return int(value) if float(value).is_integer() else value
-
-
-def store_attrs(job: SlideJob, slide, plan, params: TileParams) -> dict:
-    """Provenance + the CLAM/TRIDENT attribute superset for one slide's store."""
-    from pathgen import __version__
-
-    stat = job.path.stat()
-    level0_mag = slide.objective_power or 10.0 / slide.mpp  # 0.25 um/px is the usual 40x
-    downsample = float(slide.level_downsamples[plan.level])
-    return {
-        "name": job.name,
-        "slide_path": str(job.path.resolve()),
-        "slide_size": stat.st_size,
-        "slide_mtime": stat.st_mtime,
-        "slide_format": slide.format,
-        "reader": slide.reader,
-        "mpp_level0": float(slide.mpp),
-        "mpp_source": slide.mpp_source,
-        "mpp_override": job.mpp,
-        "objective_power": slide.objective_power,
-        "target_mpp": float(plan.target_mpp),
-        "patch_size_level0": int(plan.patch_size_level0),
-        "level0_width": int(slide.dimensions[0]),
-        "level0_height": int(slide.dimensions[1]),
-        "level0_magnification": _magnification(level0_mag),
-        "target_magnification": _magnification(level0_mag * slide.mpp / plan.target_mpp),
-        "overlap": 0,  # TRIDENT's key; pathgen grids never overlap
-        "patch_level": int(plan.level),
-        "read_size": int(plan.read_size),
-        "downsample": [downsample, downsample],
-        "level_dim": [int(v) for v in slide.level_dimensions[plan.level]],
-        "downsampled_level_dim": [int(v) for v in slide.level_dimensions[plan.level]],
-        "tissue_threshold": float(params.tissue_threshold),
-        "pathgen_version": __version__,
-    }
-
-
-def _is_up_to_date(store_path: Path, job: SlideJob, params: TileParams) -> int | None:
-    """n_patches of a finished store made from this very slide file with these parameters, else None."""
-    if not store_path.exists():
-        return None
-    try:
-        with open_store(store_path) as store:
-            attrs, n = store.attrs, len(store)
-    except StoreError:
-        return None
-    stat = job.path.stat()
-    wanted = {
-        "slide_size": stat.st_size,
-        "slide_mtime": stat.st_mtime,
-        "target_mpp": float(params.mpp),
-        "patch_size": params.patch_size,
-        "tissue_threshold": float(params.tissue_threshold),
-        "coords_only": params.coords_only,
-        "reader": params.reader,
-        "mpp_override": job.mpp,
-    }
-    return n if all(attrs.get(k) == v for k, v in wanted.items()) else None
-
-
-def _remove_stale_temps(store_path: Path) -> None:
-    """Delete temp stores left by killed runs (their pid is gone); leave live jobs' temps alone."""
-    for tmp in store_path.parent.glob(f"{store_path.name}.tmp-*"):
-        try:
-            pid = int(tmp.name.rsplit("-", 1)[1])
-            if pid != os.getpid():
-                os.kill(pid, 0)
-                continue  # still running (another job on this machine)
-        except ProcessLookupError:
-            pass
-        except (ValueError, PermissionError):
-            continue
-        remove_path(tmp)
+# ---------------------------------------------------------------------------------------------- planning
 
 
 @dataclass
-class _SlideRun:
-    """A slide being tiled: its writer, plan and how many chunks are still out."""
-
+class PlanTask:
     job: SlideJob
-    row: ManifestRow
-    t0: float
-    writer: PatchStoreWriter | None = None
-    plan: object = None
-    outstanding: int = 0
-    submitted_all: bool = False
-    error: str = ""
-    progress_task: object = None
-    chunks: list = field(default_factory=list)  # (start, stop) patch ranges, one Zarr shard each
-    gen: Iterator | None = None
+    params: TileParams
+    qc_dir: str
 
 
-def _plan_slide(job: SlideJob, out_dir: Path, params: TileParams, overwrite: bool) -> _SlideRun:
-    """Open, detect tissue, plan, write QC and create the store. Returns a run whose row may already be final."""
-    from pathgen.slide import detect_tissue, plan_patches, render_qc
+def plan_task(task: PlanTask) -> tuple[str, object]:
+    """Plan one slide in a worker: ('ok', SlidePlan) or ('error', one-line reason)."""
+    from pathgen.slide.planning import plan_slide
 
-    t0 = time.perf_counter()
-    store_path = out_dir / f"{job.name}{FORMATS[params.fmt]}"
-    run = _SlideRun(job, ManifestRow(slide=str(job.path), status="ok"), t0)
     try:
-        _remove_stale_temps(store_path)
-        if not overwrite and (n := _is_up_to_date(store_path, job, params)) is not None:
-            run.row = ManifestRow(str(job.path), "skipped", n, 0.0, "", store_path.name)
-            return run
-        slide = _cached_slide(str(job.path), params.reader, job.mpp)
-        thumb, thumb_ds = slide.thumbnail(THUMBNAIL_SIDE)
-        mask = detect_tissue(thumb)
-        plan = plan_patches(slide, params.mpp, params.patch_size, mask, thumb_ds, params.tissue_threshold)
-        (out_dir / "qc").mkdir(exist_ok=True)
-        render_qc(thumb, mask, plan, thumb_ds, out_dir / "qc" / f"{job.name}.png")
-        attrs = store_attrs(job, slide, plan, params)
-        run.writer = PatchStoreWriter(
-            store_path, plan.coords, plan.tissue_fraction, plan.patch_size, attrs, params.fmt, params.coords_only
-        )
-        run.plan = plan
-        run.row.store = store_path.name
-        run.row.n_patches = len(plan.coords)
-        if len(plan.coords) == 0:
-            print(f"warning: {job.path}: no tissue patches at threshold {params.tissue_threshold}", file=sys.stderr)
-        if not params.coords_only:
-            step = run.writer.shard
-            run.chunks = [(a, min(a + step, len(plan.coords))) for a in range(0, len(plan.coords), step)]
+        job = task.job
+        slide = _cached_slide(str(job.path), task.params.reader, job.mpp, job.fallback_mpp)
+        return "ok", plan_slide(slide, job, task.params, Path(task.qc_dir))
     except Exception as err:  # noqa: BLE001 - this slide fails, the cohort goes on
-        run.error = _one_line(err)
-        if run.writer is not None:
-            run.writer.abort()
-            run.writer = None
-    return run
+        return "error", one_line(err)
 
 
-def _chunk_tasks(run: _SlideRun, params: TileParams) -> Iterator[ChunkTask]:
-    zarr_images = str(run.writer.images_path) if params.fmt == "zarr" else None
-    for a, b in run.chunks:
-        if run.error:
-            return
-        sub = replace(run.plan, coords=run.plan.coords[a:b], tissue_fraction=run.plan.tissue_fraction[a:b])
-        yield ChunkTask(str(run.job.path), params.reader, run.job.mpp, sub, a, zarr_images, run.writer.shard)
-
-
-def _finish(run: _SlideRun) -> ManifestRow:
-    """Close (or throw away) the slide's store and fill in its manifest row."""
-    if run.row.status == "skipped":
-        return run.row
-    if not run.error:
-        try:
-            run.writer.close()
-        except Exception as err:  # noqa: BLE001
-            run.error = _one_line(err)
-    if run.error:
-        if run.writer is not None:
-            run.writer.abort()
-        run.row = ManifestRow(str(run.job.path), "failed", 0, 0.0, run.error, "")
-    run.row.seconds = time.perf_counter() - run.t0
-    return run.row
-
-
-class _InlineExecutor:
-    """workers=1: run chunks in this process, through the same code path as the pool."""
-
-    def submit(self, fn, *args) -> Future:
-        future: Future = Future()
-        future.set_result(fn(*args))
-        return future
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return None
-
-
-def _executor(workers: int):
-    if workers <= 1:
-        return _InlineExecutor()
-    # OpenSlide handles are not fork-safe: workers start clean (forkserver on Linux, spawn elsewhere).
-    method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else "spawn"
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context(method))
-    for _ in range(workers):  # start the workers (and their imports) now, while the parent plans the first slide
-        pool.submit(_warm_up)
-    return pool
-
-
-def _warm_up() -> None:
-    import pathgen.slide  # noqa: F401  (openslide, PIL, numpy)
-
-
-def _progress():
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not console.is_terminal,
-        transient=False,
-    )
+def warm_up() -> None:
+    """What every worker imports before its first task."""
+    import pathgen.slide.planning  # noqa: F401  (openslide, PIL, numpy, scikit-image)
 
 
 # ---------------------------------------------------------------------------------------------- cohort
@@ -433,74 +158,10 @@ def _progress():
 
 def _run(jobs: Sequence[SlideJob], out_dir: Path, params: TileParams, workers: int, overwrite: bool, on_row):
     """Tile `jobs`, calling on_row(row) as each slide finishes (in completion order)."""
-    runs = iter(jobs)
-    active: list[_SlideRun] = []  # slides with chunks still to submit, in order
-    in_flight: dict[Future, _SlideRun] = {}
-    max_in_flight = 2 * max(1, workers)  # bounds memory: every chunk in flight holds one shard of pixels
-    try:
-        with _executor(workers) as pool, _progress() as bar:
-            cohort_task = bar.add_task("slides", total=len(jobs))
+    from pathgen.slide.scheduler import run_cohort
 
-            def finish(run: _SlideRun) -> None:
-                on_row(_finish(run))
-                if run.progress_task is not None:
-                    bar.remove_task(run.progress_task)
-                bar.advance(cohort_task)
-
-            def next_task() -> tuple[ChunkTask, _SlideRun] | None:
-                while True:
-                    while active:
-                        run = active[0]
-                        task = next(run.gen, None)
-                        if task is not None:
-                            return task, run
-                        active.pop(0)
-                        run.submitted_all = True
-                        if run.outstanding == 0:
-                            finish(run)
-                    job = next(runs, None)
-                    if job is None:
-                        return None
-                    run = _plan_slide(job, out_dir, params, overwrite)
-                    if run.row.status == "skipped" or run.error or not run.chunks:
-                        finish(run)
-                        continue
-                    run.progress_task = bar.add_task(job.name, total=len(run.plan.coords))
-                    run.gen = _chunk_tasks(run, params)
-                    active.append(run)
-
-            exhausted = False
-            while not exhausted or in_flight:
-                while not exhausted and len(in_flight) < max_in_flight:
-                    item = next_task()
-                    if item is None:
-                        exhausted = True
-                        break
-                    task, run = item
-                    run.outstanding += 1
-                    in_flight[pool.submit(read_chunk, task)] = run
-                if not in_flight:
-                    continue
-                done, _ = wait(list(in_flight), return_when=FIRST_COMPLETED)
-                for future in done:
-                    run = in_flight.pop(future)
-                    run.outstanding -= 1
-                    try:
-                        status, start, payload = future.result()
-                    except Exception as err:  # noqa: BLE001 - e.g. a worker killed by the OOM killer
-                        status, start, payload = "error", 0, _one_line(err)
-                    if status == "error":
-                        run.error = run.error or payload
-                    elif not run.error:
-                        if isinstance(payload, np.ndarray):
-                            run.writer.write(start, payload)
-                        n = payload if isinstance(payload, int) else len(payload)
-                        bar.advance(run.progress_task, n)
-                    if run.error and run in active:  # stop feeding a failed slide
-                        active.remove(run)
-                        run.submitted_all = True
-                    if run.submitted_all and run.outstanding == 0:
-                        finish(run)
+    try:  # the tasks are this module's: looked up as they run, so a test may swap one for a dying stand-in
+        run_cohort(jobs, out_dir, params, workers, overwrite, on_row, sys.modules[__name__])
     finally:
         _close_cached_slides()
 
@@ -509,37 +170,69 @@ def tile_cohort(
     slides,
     out_dir,
     *,
-    mpp: float = 0.5,
+    mpp: float | None = None,
+    magnification: float | None = None,
     patch_size: int = 256,
+    overlap: int = 0,
     fmt: str = "zarr",
     workers: int = 1,
     shard: tuple[int, int] = (0, 1),
     tissue_threshold: float = 0.5,
     coords_only: bool = False,
-    reader: str = "openslide",
+    reader: str = "auto",
+    codec: str = DEFAULT_CODEC,
+    quality: int = DEFAULT_QUALITY,
     slide_mpp: float | None = None,
+    roi: str | Path | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Tile every slide of this shard into `out_dir`; returns the manifest path. summary.txt sits beside it.
 
     slides: files, folders or CSV lists (see `list_slides`). A slide that fails is recorded in the manifest and
     the others carry on; finished stores from an earlier run with the same slide file and parameters are skipped.
+    mpp / magnification: the target resolution, one or the other (default 0.5 um/px); by magnification, each
+    slide's own level-0 magnification (objective power, else 10 / mpp) sets the scale.
+    overlap: pixels at the target resolution that neighbouring patches share.
+    workers: processes reading slides (0: all in this process, without protection against a crashing reader).
+    shard (I, N): this array task's slides, chosen by a stable hash of each slide's name.
+    roi: a folder of GeoJSON files (QuPath's export), <slide name>.geojson each: patches only inside their
+    regions, labelled with their class names; "Tissue" features replace the detected tissue.
+    reader: "auto" (tifffile's tile decoding for SVS / tiled TIFF, OpenSlide region reads otherwise), "tifffile",
+    "openslide" (OpenSlide, patch by patch) or "tiatoolbox". codec/quality: how patches are stored (store/codecs.py).
     """
     if isinstance(slides, str | Path):
         slides = [slides]
     if fmt not in FORMATS:
         raise ConfigError(None, f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
-    if mpp <= 0 or patch_size < 1 or workers < 1 or not 0 <= tissue_threshold <= 1:
-        raise ConfigError(None, "need mpp > 0, patch size >= 1, workers >= 1 and 0 <= tissue threshold <= 1")
+    if mpp is not None and magnification is not None:
+        raise ConfigError(None, "give --mpp or --magnification, not both")
+    if mpp is None and magnification is None:
+        mpp = 0.5
+    if (mpp is not None and mpp <= 0) or (magnification is not None and magnification <= 0):
+        raise ConfigError(None, f"--mpp and --magnification must be positive, got {mpp or magnification}")
+    if patch_size < 1 or workers < 0 or not 0 <= tissue_threshold <= 1:
+        raise ConfigError(None, "need patch size >= 1, workers >= 0 and 0 <= tissue threshold <= 1")
+    if not 0 <= overlap < patch_size:
+        raise ConfigError(None, f"--overlap must be at least 0 and less than the patch size, got {overlap}")
+    if roi is not None and not Path(roi).is_dir():
+        raise ConfigError(roi, "--roi takes a folder of GeoJSON files, one per slide (<slide name>.geojson)")
     if slide_mpp is not None and slide_mpp <= 0:
         raise ConfigError(None, f"--slide-mpp must be positive, got {slide_mpp}")
     index, count = shard
     if not 0 <= index < count:
         raise ConfigError(None, f"shard {index}/{count}: need 0 <= I < N")
+    from pathgen.slide.reader import check_reader
+
+    if (why := check_reader(reader)) is not None:  # once, up front, not slide by slide
+        raise ConfigError(None, why)
+    PatchCodec(codec, quality)  # validates --codec and --quality once, up front
     out_dir = Path(out_dir)
+    jobs = [j for j in list_slides(slides, slide_mpp, out_dir) if shard_of(j, count) == index]
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = TileParams(mpp, patch_size, fmt, tissue_threshold, coords_only, reader)
-    jobs = list_slides(slides, slide_mpp, out_dir)[index::count]
+    roi = str(Path(roi).resolve()) if roi is not None else None
+    params = TileParams(
+        mpp, patch_size, fmt, tissue_threshold, coords_only, reader, magnification, overlap, roi, codec, quality
+    )
 
     manifest = out_dir / manifest_name(shard)
     rows: dict[str, ManifestRow] = {}
@@ -555,25 +248,3 @@ def tile_cohort(
     write_manifest(manifest, ordered)
     summary_path(manifest).write_text(summarize(ordered, time.perf_counter() - t0), encoding="utf-8")
     return manifest
-
-
-def tile_slide(
-    slide: str | Path,
-    out_dir: str | Path,
-    *,
-    params: TileParams = TileParams(),
-    workers: int = 1,
-    slide_mpp: float | None = None,
-    overwrite: bool = False,
-) -> ManifestRow:
-    """Tile one slide into `out_dir` (no manifest is written); returns its manifest row."""
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    rows: list[ManifestRow] = []
-    _run([SlideJob(Path(slide), slide_mpp)], out_dir, params, workers, overwrite, rows.append)
-    return rows[0]
-
-
-def summary_path(manifest: Path) -> Path:
-    """summary.txt beside manifest.csv (summary.shard-I-of-N.txt beside manifest.shard-I-of-N.csv)."""
-    return manifest.with_name(manifest.name.replace("manifest", "summary", 1).removesuffix(".csv") + ".txt")

@@ -1,6 +1,9 @@
-"""The config schema of `pathgen pretrain ssl` (DINO); loaded with pathgen.config.load_config."""
+"""The config schema of `pathgen pretrain ssl` (DINO) and `pathgen pretrain gensis` (Gen-DINO: the same schema with
+a `gensis:` section); loaded with pathgen.config.load_config."""
 
 from typing import Any, Literal
+
+from pydantic import Field
 
 from pathgen.config import RunConfig, Section
 
@@ -61,6 +64,33 @@ class EvalConfig(Section):
     batch_size: int = 64
 
 
+class GenSISConfig(Section):
+    """Gen-DINO (Gen-SIS stage 3, arXiv 2412.01672): DINO plus generated views and the disentanglement task.
+
+    With p_gen = 0 and lambda_dis = 0 nothing is generated or read, and training is plain DINO, step for step.
+    """
+
+    generated: str | None = None  # generated.zarr of `pathgen generate` (needed when p_gen > 0 or lambda_dis > 0)
+    p_gen: float = Field(0.5, ge=0, le=1)  # P(the 2nd global crop of a patch is cut from one of its generated views)
+    lambda_dis: float = Field(1.0, ge=0)  # L = L_DINO + lambda_dis * L_dis
+    p_interp: float = Field(0.5, ge=0, le=1)  # fraction of batch items that also carry an interpolation
+    # optional: the stage-1 encoder the views were generated from; its sha256 must be the one generated.zarr records
+    encoder: str | None = None
+
+    @property
+    def uses_views(self) -> bool:
+        return self.p_gen > 0
+
+    @property
+    def uses_interpolations(self) -> bool:
+        return self.lambda_dis > 0 and self.p_interp > 0
+
+    @property
+    def active(self) -> bool:
+        """Whether anything generated is used at all (otherwise the run is plain DINO)."""
+        return self.uses_views or self.uses_interpolations
+
+
 class SSLConfig(Section):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
@@ -68,3 +98,4 @@ class SSLConfig(Section):
     dino: DinoConfig = DinoConfig()
     run: RunConfig = RunConfig()
     eval: EvalConfig = EvalConfig()
+    gensis: GenSISConfig | None = None  # None: plain DINO (`pathgen pretrain ssl`)

@@ -4,7 +4,9 @@
     value   = loss.cross_entropy(targets, student_logits)      # H(t_i, s_j) over pairs i != j
     loss.update_center(teacher_logits)                         # EMA of the teacher's batch mean
 
-`forward` is the three together. Logits come as [n_crops * B, K] tensors, crop-major, as MultiCropModel emits.
+`forward` is the three together. `disentanglement_loss` is Gen-SIS's task on interpolated images, whose target
+mixes two teacher outputs before the softmax. Logits come as [n_crops * B, K] tensors, crop-major, as
+MultiCropModel emits.
 Every term is computed in fp32 with autocast off, whatever context calls it: under bf16 autocast the einsum
 would run in bf16, which near ln(65536) ~ 11 resolves only 0.06.
 """
@@ -84,3 +86,33 @@ class DINOLoss(nn.Module):
         loss = self.cross_entropy(targets, student_logits, n_student_crops)
         self.update_center(teacher_logits)
         return loss
+
+
+@fp32
+def disentanglement_loss(
+    student_logits: torch.Tensor,
+    teacher_logits_1: torch.Tensor,
+    teacher_logits_2: torch.Tensor,
+    alpha: torch.Tensor,
+    center: torch.Tensor,
+    student_temp: float,
+    teacher_temp: float,
+) -> torch.Tensor:
+    """Gen-SIS's disentanglement loss (arXiv 2412.01672, Algorithm 1), the mean over the batch.
+
+    The student sees x_int, generated from SLERP(e1, e2, alpha); its target mixes the teacher's raw head outputs
+    of the two sources *before* the softmax, then is centred and sharpened as DINO's:
+
+        z   = alpha * t1 + (1 - alpha) * t2                  (no gradient)
+        P_t = softmax((z - center) / teacher_temp)
+        L   = - mean_b sum_k P_t[b, k] log softmax(s[b] / student_temp)[k]
+
+    student_logits, teacher_logits_1, teacher_logits_2: [B, K]; alpha: [B], the weight on teacher_logits_1;
+    center: [K] (or [1, K]). With alpha = 1 the target is DINO's target for x1.
+    """
+    with torch.no_grad():
+        a = alpha.float().view(-1, 1)
+        mixed = a * teacher_logits_1.float() + (1 - a) * teacher_logits_2.float()
+        target = F.softmax((mixed - center.float().view(1, -1)) / teacher_temp, dim=-1)
+    log_probs = F.log_softmax(student_logits.float() / student_temp, dim=-1)
+    return -(target * log_probs).sum(dim=-1).mean()

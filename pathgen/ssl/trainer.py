@@ -3,6 +3,11 @@
     data -> multi-crop views -> student (all crops) / EMA teacher (global crops) -> DINO loss -> AdamW step
          -> teacher EMA -> logs, checkpoints, periodic kNN -> export the teacher backbone
 
+Gen-DINO (`pathgen pretrain gensis`, Gen-SIS stage 3, arXiv 2412.01672) is this same loop with a `gensis:`
+config section: some second global crops come from generated views, and interpolated images add the
+disentanglement loss, L = L_DINO + lambda_dis * L_dis (pathgen.ssl.gensis for the data, pathgen.ssl.batch for the
+crops' roles). With the section off, or with p_gen = 0 and lambda_dis = 0, it is plain DINO step for step.
+
 What every trainer shares (device and precision, torchrun, checkpoints and resume, seeding, logs) lives in
 pathgen.runtime; this file holds only what is DINO's.
 """
@@ -10,27 +15,25 @@ pathgen.runtime; this file holds only what is DINO's.
 import math
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
 from pathgen.errors import ConfigError
-from pathgen.runtime.distributed import all_reduce_mean, barrier, is_distributed
+from pathgen.runtime.distributed import all_reduce_mean, all_reduce_sum, barrier, get_world_size, is_distributed
 from pathgen.runtime.loader import ResumableLoader
 from pathgen.runtime.progress import progress_bar
 from pathgen.runtime.run import TrainingRun
 from pathgen.runtime.seeding import ItemSeededDataset, seed_everything
+from pathgen.ssl import batch as roles
 from pathgen.ssl.config import SSLConfig
 from pathgen.ssl.export import create_backbone, export_encoder
 from pathgen.ssl.head import DINOHead, MultiCropModel
-from pathgen.ssl.loss import DINOLoss
+from pathgen.ssl.loss import DINOLoss, disentanglement_loss
 from pathgen.ssl.monitor import CollapseMonitor, teacher_stats
 from pathgen.ssl.schedules import cosine_schedule, linear_warmup
-
-N_GLOBAL = 2  # the teacher sees the two global crops, which come first
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # building blocks
@@ -79,34 +82,42 @@ def cancel_last_layer_gradients(model: MultiCropModel, epoch: int, freeze_last_l
             p.grad = None
 
 
-def build_data(cfg: SSLConfig) -> tuple[Dataset, tuple, tuple, nn.Module | None]:
-    """The training set and its (mean, std), plus the batched multi-crop when it runs on the device.
+class TrainingData(NamedTuple):
+    dataset: Dataset
+    mean: tuple
+    std: tuple
+    multicrop: nn.Module | None  # DeviceMultiCrop when the crops are cut on the training device
+    collate: Any  # the DataLoader's collate_fn (None: torch's default)
+
+
+def build_data(cfg: SSLConfig) -> TrainingData:
+    """The training set and its (mean, std), the batched multi-crop when it runs on the device, the collate_fn.
 
     augment_on "workers": items are lists of crops (MultiCropAugmentation in the DataLoader workers), and the
-    returned module is None. "device": items are uint8 images of one size, and the returned DeviceMultiCrop
-    turns each loaded batch into crops on the training device.
+    multicrop is None. "device": items are uint8 images of one size, and DeviceMultiCrop turns each loaded batch
+    into crops on the training device. With Gen-DINO on, items are pathgen.ssl.gensis's dicts. Items whose
+    making draws random numbers are seeded by (seed, epoch, index) (ItemSeededDataset).
     """
     from pathgen.data.augment import IMAGENET_MEAN, IMAGENET_STD, MultiCropAugmentation, ResizeCenterCrop
+    from pathgen.data.datasets import build_dataset
     from pathgen.data.device_augment import DeviceMultiCrop
 
-    d = cfg.data
+    d, gensis = cfg.data, cfg.gensis
     crop_kwargs = dict(global_size=d.global_size, local_size=d.local_size, n_local=d.n_local,
                        global_scale=tuple(d.global_scale), local_scale=tuple(d.local_scale), preset=d.preset)
     on_device = d.augment_on == "device"
-    from pathgen.data.datasets import build_dataset
-
     if not d.sources:
         raise ConfigError("data.sources", "no training data configured (stores, manifests or image folders)")
     transform = ResizeCenterCrop(d.device_input_size) if on_device else MultiCropAugmentation(**crop_kwargs)
-    dataset, mean, std = build_dataset(d.sources, transform=transform), IMAGENET_MEAN, IMAGENET_STD
-    return dataset, mean, std, (DeviceMultiCrop(**crop_kwargs, mean=mean, std=std) if on_device else None)
+    dataset, mean, std, collate = build_dataset(d.sources, transform=transform), IMAGENET_MEAN, IMAGENET_STD, None
+    if gensis is not None and gensis.active:
+        from pathgen.ssl import gensis as gen
 
-
-def crops_on_device(first: Any, device: torch.device, multicrop: nn.Module | None) -> list[torch.Tensor]:
-    """A loaded batch's images as the list of crops on `device`: moved as they are, or cut there."""
-    if multicrop is None:
-        return [c.to(device, non_blocking=True) for c in first]
-    return multicrop(first.to(device, non_blocking=True))
+        dataset, collate = gen.gensis_dataset(gensis, dataset, transform), gen.collate
+    if not on_device or collate is not None:  # crops cut in the workers, or Gen-DINO's per-item choices
+        dataset = ItemSeededDataset(dataset, cfg.run.seed)
+    multicrop = DeviceMultiCrop(**crop_kwargs, mean=mean, std=std) if on_device else None
+    return TrainingData(dataset, mean, std, multicrop, collate)
 
 
 def build_knn_sets(cfg: SSLConfig):
@@ -125,6 +136,72 @@ def _scalars(prefix: str, tree: Any) -> dict[str, float]:
     if isinstance(tree, dict):
         return {k: v for key, sub in tree.items() for k, v in _scalars(f"{prefix}/{key}", sub).items()}
     return {prefix: float(tree)} if isinstance(tree, (int, float)) else {}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one step
+
+
+def compute_loss(batch: dict, student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss, teacher_temp: float,
+                 lambda_dis: float, precision) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """The named loss terms of one batch ({"dino"}, plus {"dis"} when lambda_dis > 0) and the DINO targets.
+
+    One student forward over all student crops and one teacher forward over all teacher crops, split by role
+    after. The loss is computed in fp32 outside autocast (as DINO): near ln(65536) ~ 11, bf16 resolves only 0.06.
+    The centre moves as in DINO, from the teacher's global crops only (not the partners, nothing interpolated).
+    """
+    with precision.autocast():
+        teacher_out = teacher(roles.teacher_crops(batch))
+        student_out = student(roles.student_crops(batch))
+    teacher_global, teacher_partner = roles.split_teacher(teacher_out, batch)
+    student_dino, student_interp = roles.split_student(student_out, batch)
+    targets = dino_loss.teacher_targets(teacher_global, teacher_temp, roles.N_GLOBAL)
+    terms = {"dino": dino_loss.cross_entropy(targets, student_dino, len(batch["global"]) + len(batch["local"]))}
+    if lambda_dis > 0:
+        terms["dis"] = _disentanglement(batch, student_interp, teacher_global, teacher_partner, dino_loss,
+                                        teacher_temp)
+    dino_loss.update_center(teacher_global)
+    return terms, targets
+
+
+def total_loss(terms: dict[str, torch.Tensor], lambda_dis: float) -> torch.Tensor:
+    """L = L_DINO + lambda_dis * L_dis (Gen-SIS), or L_DINO alone."""
+    return terms["dino"] + lambda_dis * terms["dis"] if "dis" in terms else terms["dino"]
+
+
+def _disentanglement(batch, student_interp, teacher_global, teacher_partner, dino_loss, teacher_temp):
+    """L_dis, the mean over every rank's interpolations: each rank's mean weighted by its share of them, since
+    DDP averages the ranks' gradients (a plain per-rank mean would weigh a rank's 3 interpolations like 30)."""
+    m = len(student_interp)
+    total = all_reduce_sum(torch.tensor(float(m), device=student_interp.device))
+    if m == 0:
+        return student_interp.new_zeros(()).float()
+    # T(x1): the teacher output of x1's first global crop, a draw from the same augmentation
+    teacher_x1 = teacher_global[: len(batch["global"][0])][batch["pair"]]
+    loss = disentanglement_loss(student_interp, teacher_x1, teacher_partner, batch["alpha"], dino_loss.center[0],
+                                dino_loss.student_temp, teacher_temp)
+    return loss * (m * get_world_size() / total)
+
+
+def optimize(loss: torch.Tensor, student: MultiCropModel, optimizer, scaler, clip_grad: float, epoch: int,
+             freeze_last_layer: int) -> None:
+    """Backward (scaled in fp16), DINO's per-parameter clipping of the true gradients, the frozen prototypes of the
+    first epochs, then the AdamW step."""
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)  # clip the true gradients (a no-op outside fp16)
+    if clip_grad:
+        clip_gradients(student, clip_grad)
+    cancel_last_layer_gradients(student, epoch, freeze_last_layer)
+    scaler.step(optimizer)
+    scaler.update()
+
+
+def gensis_scalars(counts: torch.Tensor) -> dict[str, float]:
+    """The Gen-DINO part of a batch, from batch_counts summed over ranks."""
+    items, generated, interpolated, fallback_view, fallback_interp = counts.tolist()
+    return {"gensis/generated_frac": generated / items, "gensis/interp_frac": interpolated / items,
+            "gensis/fallback_view": fallback_view, "gensis/fallback_interp": fallback_interp}
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -152,20 +229,27 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
     seed_everything(cfg.run.seed + run.rank)
 
     # ---- data ----
-    dataset, mean, std, multicrop = build_data(cfg)
-    if multicrop is None:  # augmenting in the workers: make each item's crops a function of (seed, epoch, index)
-        dataset = ItemSeededDataset(dataset, cfg.run.seed)
-    batch = cfg.data.batch_size
-    loader = ResumableLoader(dataset, batch, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
-                             pin_memory=device.type == "cuda")
+    dataset, mean, std, multicrop, collate = build_data(cfg)
+    gensis = cfg.gensis if cfg.gensis is not None and cfg.gensis.active else None
+    lambda_dis = gensis.lambda_dis if gensis is not None and gensis.uses_interpolations else 0.0
+    name = "pretrain gensis" if cfg.gensis is not None else "pretrain ssl"
+    if gensis is not None and run.is_main:
+        s = dataset.dataset.index.summary
+        print(f"{name}: {s['with_views']} of {s['patches']} patches have generated views, {s['with_interpolations']}"
+              f" interpolations; the others fall back to real crops ({s['unused_items']} generated items unused)")
+    batch_size = cfg.data.batch_size
+    loader = ResumableLoader(dataset, batch_size, seed=cfg.run.seed, num_workers=cfg.data.num_workers,
+                             pin_memory=device.type == "cuda", collate_fn=collate)
     iters_per_epoch = loader.iters_per_epoch
     if iters_per_epoch == 0:
-        raise ConfigError("data.batch_size", f"{len(dataset)} images is less than one batch of {batch} x {world}")
+        raise ConfigError("data.batch_size", f"{len(dataset)} images is less than one batch of {batch_size} x "
+                          f"{world}")
     knn_sets = build_knn_sets(cfg) if run.is_main else None
 
     # ---- schedules: per-iteration arrays indexed by the global step ----
     o, d, epochs = cfg.optim, cfg.dino, cfg.optim.epochs
-    lr_sched = cosine_schedule(o.base_lr * batch * world / 256, o.min_lr, epochs, iters_per_epoch, o.warmup_epochs)
+    lr_sched = cosine_schedule(o.base_lr * batch_size * world / 256, o.min_lr, epochs, iters_per_epoch,
+                               o.warmup_epochs)
     wd_sched = cosine_schedule(o.weight_decay, o.weight_decay_end, epochs, iters_per_epoch)
     momentum_sched = cosine_schedule(d.momentum_teacher, 1.0, epochs, iters_per_epoch)
     temp_sched = linear_warmup(d.warmup_teacher_temp, d.teacher_temp, epochs, iters_per_epoch,
@@ -189,8 +273,9 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
         }, step, epoch, numbered)
 
     monitor = CollapseMonitor(cfg.model.out_dim)
-    bar = progress_bar(total=last_step * batch * world, initial=step * batch * world, unit="img", unit_scale=True,
-                       desc="pretrain ssl", disable=not run.is_main)
+    images_per_step = batch_size * world
+    bar = progress_bar(total=last_step * images_per_step, initial=step * images_per_step, unit="img", unit_scale=True,
+                       desc=name, disable=not run.is_main)
     start_step, t0, loss_value = step, time.perf_counter(), float("nan")
     while step < last_step:
         epoch = step // iters_per_epoch
@@ -202,41 +287,32 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
                 if i == 0:  # only the weight matrices are decayed
                     group["weight_decay"] = float(wd_sched[it])
 
-            crops = crops_on_device(data[0], device, multicrop)
+            batch = roles.load_batch(data, device, multicrop)
             if step == start_step and run.is_main:  # a look at the augmentation, before any compute
-                from pathgen.data.augment import views_picture
+                from pathgen.data.augment import rows_picture
 
-                views_picture(crops, mean, std).save(run.out_dir / "views.png")
-            with precision.autocast():
-                teacher_out = teacher.module(crops[:N_GLOBAL])
-                student_out = student_ddp(crops)
-            # the loss in fp32, outside autocast (as DINO): near ln(65536) ~ 11, bf16 resolves only 0.06
-            targets = dino_loss.teacher_targets(teacher_out, temp_sched[it], N_GLOBAL)
-            loss = dino_loss.cross_entropy(targets, student_out, len(crops))
-            dino_loss.update_center(teacher_out)
+                rows_picture(roles.picture_rows(batch), mean, std).save(run.out_dir / "views.png")
+            terms, targets = compute_loss(batch, student_ddp, teacher.module, dino_loss, temp_sched[it], lambda_dis,
+                                          precision)
+            loss = total_loss(terms, lambda_dis)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {it}; stopping (lower optim.base_lr?)")
-
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)  # clip the true gradients (a no-op outside fp16)
-            if o.clip_grad:
-                clip_gradients(student, o.clip_grad)
-            cancel_last_layer_gradients(student, epoch, o.freeze_last_layer)
-            scaler.step(optimizer)
-            scaler.update()
+            optimize(loss, student, optimizer, scaler, o.clip_grad, epoch, o.freeze_last_layer)
             teacher.decay = float(momentum_sched[it])  # EMA: teacher = m * teacher + (1 - m) * student
             teacher.update(student)
             step += 1
-            bar.update(batch * world)
+            bar.update(images_per_step)
 
             if step % cfg.run.log_every == 0 or step == last_step:
                 stats = teacher_stats(torch.cat(targets))
                 mean_loss = all_reduce_mean(loss.detach().float().clone()).item()
+                values = {f"loss/{k}": all_reduce_mean(v.detach().float().clone()).item() for k, v in terms.items()}
+                if gensis is not None:
+                    values.update(gensis_scalars(all_reduce_sum(roles.batch_counts(batch).to(device)).cpu()))
                 monitor.update(step, mean_loss, stats)
                 bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_sched[it]:.2e}")
-                run.log.scalars(step, {"loss": mean_loss, "lr": lr_sched[it], "wd": wd_sched[it],
+                run.log.scalars(step, {"loss": mean_loss, **values, "lr": lr_sched[it], "wd": wd_sched[it],
                                        "teacher_temp": temp_sched[it], "momentum": momentum_sched[it], **stats},
                                 prefix="train/", epoch=epoch)
             if cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0:
@@ -261,8 +337,8 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
         weights = export_encoder(teacher.module.backbone, run.out_dir, cfg.model.name, cfg.model.kwargs, img_size,
                                  mean, std, config=run.config_dict)
         seconds = time.perf_counter() - t0
-        rate = (step - start_step) * batch * world / max(seconds, 1e-9)
-        print(f"pretrain ssl: {step} steps ({step / iters_per_epoch:.2f} epochs), final loss {loss_value:.4f}, "
+        rate = (step - start_step) * images_per_step / max(seconds, 1e-9)
+        print(f"{name}: {step} steps ({step / iters_per_epoch:.2f} epochs), final loss {loss_value:.4f}, "
               f"{rate:.1f} img/s ({precision.name}), teacher encoder -> {weights}")
     run.close()
     barrier()

@@ -33,6 +33,8 @@ class PatchDataset(torch.utils.data.Dataset):
             raise StoreError(None, f"got {len(labels)} labels for {len(self.paths)} stores")
         self.transform = transform
         self.classes: list[str] | None = None
+        # What a held-out split keeps together: each store's slide, or its case (set by a labelled CSV).
+        self.store_groups: list[str] = [str(p) for p in self.paths]
         store_ids, patch_ids, patch_labels = [], [], []
         for k, path in enumerate(self.paths):
             with open_store(path) as store:
@@ -73,10 +75,18 @@ class PatchDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.patch_ids)
 
+    def array(self, i: int) -> np.ndarray:
+        """Item i's stored uint8 HxWx3 patch, untransformed."""
+        return self.read_patch(int(self.store_ids[i]), int(self.patch_ids[i]))
+
+    def read_patch(self, store: int, patch: int) -> np.ndarray:
+        """Patch `patch` of store `store` (an index into `paths`), whether or not min_tissue kept it as an item."""
+        return self._store(store)[patch]
+
     def __getitem__(self, i: int) -> tuple[Any, int]:
         from PIL import Image
 
-        patch = self._store(int(self.store_ids[i]))[int(self.patch_ids[i])]
+        patch = self.array(i)
         if getattr(self.transform, "accepts_arrays", False):
             return self.transform(patch), int(self.targets[i])
         img = Image.fromarray(patch)

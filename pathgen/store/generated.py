@@ -100,7 +100,7 @@ class GeneratedWriter:
         import zarr
         from zarr.codecs import BloscCodec
 
-        from pathgen.store.writer import BLOSC
+        from pathgen.store.codecs import BLOSC
 
         s = self.image_size
         root = zarr.open_group(self.path, mode="w", zarr_format=3, attributes={**self.attrs, "complete": False})

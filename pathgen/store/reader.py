@@ -6,6 +6,7 @@ from pathlib import Path
 import numpy as np
 
 from pathgen.errors import StoreError
+from pathgen.store.codecs import PatchCodec
 
 REQUIRED = ("coords", "tissue_fraction")
 ABSENT = 2**64 - 1  # a shard index entry for a chunk that was never written
@@ -16,37 +17,50 @@ class ShardedImages:
 
     The data loader reads random patches from many stores; Zarr spends ~1 ms per read around the ~0.5 ms blosc
     decode. Each shard's (offset, length) index is read once and cached, then a patch is one seek, one read and
-    one decode. `for_array` returns None for any other layout, and PatchStore then reads through Zarr.
+    one decode. `for_array` returns None for any other layout, and PatchStore then reads through Zarr. The
+    chunks' codec (blosc, or pathgen.image's JPEG/WebP) comes from the array's own metadata.
     """
 
-    def __init__(self, path: Path, shard: int, patch_shape: tuple[int, ...], fill_value: int):
-        from numcodecs import Blosc
-
+    def __init__(
+        self, path: Path, shard: int, patch_shape: tuple[int, ...], fill_value: int, codec: PatchCodec = PatchCodec()
+    ):
         self.path, self.shard, self.patch_shape, self.fill_value = path, shard, patch_shape, fill_value
+        self.codec = codec
         self._index: dict[int, np.ndarray] = {}
         self._files: dict[int, str] = {}  # shard file names as strings: pathlib joins cost ~0.06 ms per read
-        self._codec = Blosc()
 
     @classmethod
     def for_array(cls, path: Path, images) -> "ShardedImages | None":
         from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, ShardingCodec
-        from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+
+        try:  # zarr.core is zarr's private package: where it moves, Zarr's own (public) reading path takes over
+            from zarr.core.chunk_key_encodings import DefaultChunkKeyEncoding
+        except ImportError:
+            return None
+
+        from pathgen.store.zarr_codec import ImageCodec
 
         md = images.metadata
         codecs = getattr(md, "codecs", ())
         if len(codecs) != 1 or not isinstance(codecs[0], ShardingCodec) or images.shards is None:
             return None
         sharding = codecs[0]
+        inner = [type(c) for c in sharding.codecs]
+        if inner == [ImageCodec]:
+            codec = PatchCodec(sharding.codecs[0].format, sharding.codecs[0].quality)
+        elif inner == [BytesCodec, BloscCodec]:
+            codec = PatchCodec("lossless")
+        else:
+            return None
         plain = (
             sharding.index_location.value == "end"
-            and [type(c) for c in sharding.codecs] == [BytesCodec, BloscCodec]
             and [type(c) for c in sharding.index_codecs] == [BytesCodec, Crc32cCodec]
             and isinstance(md.chunk_key_encoding, DefaultChunkKeyEncoding)
             and md.chunk_key_encoding.separator == "/"
             and images.chunks[0] == 1
             and tuple(images.shards[1:]) == tuple(images.chunks[1:])
         )
-        return cls(path, images.shards[0], tuple(images.chunks[1:]), images.fill_value) if plain else None
+        return cls(path, images.shards[0], tuple(images.chunks[1:]), images.fill_value, codec) if plain else None
 
     def _shard_index(self, k: int, f) -> np.ndarray:
         if k not in self._index:
@@ -76,7 +90,7 @@ class ShardedImages:
                 data = f.read(int(length))
         except FileNotFoundError:  # a shard with no chunks written is not stored at all
             return np.full(self.patch_shape, self.fill_value, dtype=np.uint8)
-        return self._codec.decode(data, out=np.empty(self.patch_shape, dtype=np.uint8))  # writable, no extra copy
+        return self.codec.decode(data, self.patch_shape)  # a fresh writable array, no extra copy
 
 
 def store_format(path: Path) -> str:
@@ -129,16 +143,23 @@ class PatchStore:
             self.close()
             raise StoreError(self.path, f"malformed store, missing {', '.join(missing)}")
         self.coords = np.asarray(self._root["coords"][:], dtype=np.int64).reshape(-1, 2)
+        # what CLAM/TRIDENT read on `coords` (their patch_size is the side read at patch_level); root's otherwise
+        self.coords_attrs = {k: _python(v) for k, v in self._root["coords"].attrs.items()}
         self.tissue_fraction = np.asarray(self._root["tissue_fraction"][:], dtype=np.float32)
         self.labels = np.asarray(self._root["labels"][:], dtype=np.int64) if "labels" in self._root else None
         self._images = self._root["images"] if "images" in self._root else None
         self._fast = None
+        self._encoded = None  # HDF5 with a lossy codec: each element is one patch's encoded bytes
         if self.format == "zarr" and self._images is not None:
             self._fast = ShardedImages.for_array(self.path / "images", self._images)
+        elif self._images is not None and self._images.ndim == 1:
+            self._encoded = PatchCodec.from_attrs(self._images.attrs)
 
     def _open(self):
         if self.format == "zarr":
             import zarr
+
+            import pathgen.store.zarr_codec  # noqa: F401  (registers the codec of lossy stores with zarr)
 
             return zarr.open_group(self.path, mode="r", zarr_format=3)
         import h5py
@@ -184,7 +205,11 @@ class PatchStore:
         if not -n <= i < n:
             raise IndexError(f"patch {i} out of range for {n} patches in {self.path}")
         i = int(i) % n
-        return self._fast[i] if self._fast is not None else np.asarray(self._images[i])
+        if self._fast is not None:
+            return self._fast[i]
+        if self._encoded is not None:
+            return self._encoded.decode(self._images[i], (self.patch_size, self.patch_size, 3))
+        return np.asarray(self._images[i])
 
     def read(self, indices) -> np.ndarray:
         """Patches at `indices` (any order) as uint8 [k, S, S, 3]."""
@@ -195,7 +220,9 @@ class PatchStore:
             return np.empty((0, s, s, 3), dtype=np.uint8)
         # Both backends want sorted unique indices for one fancy read; map back to the caller's order after.
         uniq, inverse = np.unique(indices, return_inverse=True)
-        if self.format == "zarr":
+        if self._encoded is not None:
+            block = np.stack([self[int(i)] for i in uniq])
+        elif self.format == "zarr":
             block = self._images.get_orthogonal_selection((uniq, slice(None), slice(None), slice(None)))
         else:
             block = self._images[uniq]

@@ -1,0 +1,76 @@
+"""Stages that make data: the demo's synthetic cohort and labelled patches, and tiling."""
+
+from __future__ import annotations
+
+from pathgen.config import Section
+from pathgen.pipeline.stages import Stage, StepContext
+from pathgen.store.codecs import DEFAULT_CODEC, DEFAULT_QUALITY
+
+
+class CohortParams(Section):
+    n_slides: int = 6  # half "positive" (small lesion-texture regions), half "negative"
+    seed: int = 0
+    width: int = 4096  # level-0 pixels at `mpp`
+    height: int = 3072
+    mpp: float = 0.25
+
+
+def run_cohort(ctx: StepContext) -> None:
+    from pathgen.pipeline.demo_cohort import make_demo_cohort
+
+    make_demo_cohort(ctx.dir, **ctx.params.model_dump())
+
+
+class PatchesParams(Section):
+    n_per_class: int = 300  # labelled normal / lesion patches cut from held-out slides
+    size: int = 64
+    seed: int = 0
+
+
+def run_patches(ctx: StepContext) -> None:
+    from pathgen.pipeline.demo_cohort import make_demo_patches
+
+    make_demo_patches(ctx.dir / "patches", **ctx.params.model_dump())
+
+
+class TileParams(Section):
+    """`pathgen tile`'s options (see its --help)."""
+
+    slides: list[str]  # files, folders or slide-list CSVs
+    mpp: float | None = None  # 0.5 unless magnification is given
+    magnification: float | None = None
+    patch_size: int = 256
+    overlap: int = 0
+    format: str = "zarr"
+    workers: int = 1
+    tissue_threshold: float = 0.5
+    coords_only: bool = False
+    reader: str = "auto"  # see `pathgen tile --help`
+    codec: str = DEFAULT_CODEC  # jpeg, webp or lossless (pathgen.store.codecs)
+    quality: int = DEFAULT_QUALITY
+    slide_mpp: float | None = None
+    roi: str | None = None  # a folder of QuPath GeoJSON annotations, one per slide
+
+
+def run_tile(ctx: StepContext) -> None:
+    from pathgen.errors import PathgenError
+    from pathgen.slide.tiler import summary_path, tile_cohort
+    from pathgen.store.manifest import read_manifest
+
+    p = ctx.params
+    manifest = tile_cohort(p.slides, ctx.dir, mpp=p.mpp, magnification=p.magnification, patch_size=p.patch_size,
+                           overlap=p.overlap, fmt=p.format, workers=p.workers, tissue_threshold=p.tissue_threshold,
+                           coords_only=p.coords_only, reader=p.reader, codec=p.codec, quality=p.quality,
+                           slide_mpp=p.slide_mpp, roi=p.roi)
+    print(summary_path(manifest).read_text().rstrip())
+    rows = read_manifest(manifest)
+    # a corrupt slide is recorded and skipped, never fatal to the cohort; a cohort with no usable slide is
+    if not any(r.status in ("ok", "skipped") for r in rows):
+        raise PathgenError(f"{manifest}: no slide could be tiled")
+
+
+STAGES = {
+    "demo-cohort": Stage(CohortParams, {"labels": "labels.csv"}, run_cohort),
+    "demo-patches": Stage(PatchesParams, {"patches": "patches"}, run_patches),
+    "tile": Stage(TileParams, {"manifest": "manifest.csv", "dir": "."}, run_tile, inputs=("slides", "roi")),
+}

@@ -1,0 +1,67 @@
+"""A worker process that dies (OOM killer, segfault) fails only the slide it was working on; the cohort finishes.
+
+The dying functions below replace the tiler's task functions in the parent; the pool pickles them by reference,
+so each worker imports this module and runs them, and they call the real task for every other slide.
+"""
+
+import os
+import re
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+
+import pathgen.slide.tiler as tiler
+import pathgen.store.writer as store_writer
+from pathgen.store import open_store, read_manifest
+
+_READ_CHUNK, _PLAN_TASK = tiler.read_chunk, tiler.plan_task  # the real ones, in the parent and in every worker
+
+
+def _read_chunk_killed_on_victim(task):
+    if Path(task.slide).stem == "victim":
+        os.kill(os.getpid(), signal.SIGKILL)  # as the out-of-memory killer does
+    return _READ_CHUNK(task)
+
+
+def _plan_task_exiting_on_victim(task):
+    if task.job.name == "victim":
+        os._exit(3)  # a native library bailing out
+    return _PLAN_TASK(task)
+
+
+@pytest.fixture
+def cohort(demo_slides, tmp_path, monkeypatch):
+    """a, victim, z (in that order), in chunks of 8 patches: other slides' chunks are in flight when it dies."""
+    monkeypatch.setattr(store_writer, "SHARD_BYTES", 32 * 32 * 3 * 8)
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    for src, name in zip(demo_slides, ("a", "victim", "z"), strict=False):
+        shutil.copy(src, folder / f"{name}.svs")
+    return folder
+
+
+@pytest.mark.slow  # ~6-12 s each: a pool of 2, rebuilt twice
+@pytest.mark.parametrize(
+    "name, fake, reason",
+    [
+        ("read_chunk", _read_chunk_killed_on_victim,
+         r"worker process was killed by SIGKILL \(out of memory\?\) while reading patches \d+-\d+, twice"),
+        ("plan_task", _plan_task_exiting_on_victim,
+         r"worker process exited with status 3 while planning the slide, twice"),
+    ],
+)  # fmt: skip
+def test_a_dying_worker_fails_only_its_slide(cohort, tmp_path, monkeypatch, capsys, name, fake, reason):
+    monkeypatch.setattr(tiler, name, fake)
+    manifest = tiler.tile_cohort([cohort], tmp_path / "out", mpp=0.5, patch_size=32, workers=2)
+    rows = {Path(r.slide).stem: r for r in read_manifest(manifest)}
+    assert rows["victim"].status == "failed" and rows["victim"].store == ""
+    assert re.fullmatch(reason, rows["victim"].error), rows["victim"].error
+    for stem, row in rows.items():
+        if stem != "victim":
+            assert row.status == "ok" and row.n_patches > 0, stem
+            with open_store(tmp_path / "out" / row.store) as store:
+                assert len(store) == row.n_patches and store.read(range(len(store))).shape[0] == row.n_patches
+    assert not list((tmp_path / "out").glob("*.tmp-*"))
+    assert "retrying" in capsys.readouterr().err
