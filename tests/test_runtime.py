@@ -79,10 +79,14 @@ def test_progress_outside_a_terminal_writes_plain_lines_not_carriage_returns(mon
     monkeypatch.setenv("PATHGEN_PROGRESS_SECONDS", "3600")  # an hour: only the first and the final line
     out = io.StringIO()
     bar = progress_bar(total=10_000, desc="tile", unit="patch", file=out)
-    for _ in range(10_000):
+    for i in range(10_000):
         bar.update(1)
+        if i % 10 == 0:  # as a trainer shows its loss: no line of its own either
+            bar.set_postfix(loss=f"{1 / (i + 1):.4f}")
+            bar.set_description("tile")
     bar.close()
     text = out.getvalue()
     assert "\r" not in text
     lines = text.splitlines()
     assert 1 <= len(lines) <= 3 and lines[-1].startswith("tile: 100%") and "10000/10000" in lines[-1]
+    assert "loss=0.0001" in lines[-1]  # the last postfix is in the final line

@@ -29,6 +29,23 @@ class _Lines:
         self.stream.flush()
 
 
+class _LogBar(tqdm):
+    """tqdm outside a terminal: a new postfix or description waits for the next timed line instead of forcing one
+    (a trainer sets its loss every few steps, which would otherwise print a line every few steps)."""
+
+    def set_postfix(self, ordered_dict=None, refresh=False, **kwargs):
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def set_postfix_str(self, s="", refresh=False):
+        super().set_postfix_str(s, refresh=False)
+
+    def set_description(self, desc=None, refresh=False):
+        super().set_description(desc, refresh=False)
+
+    def set_description_str(self, desc=None, refresh=False):
+        super().set_description_str(desc, refresh=False)
+
+
 def is_terminal(stream=None) -> bool:
     stream = stream or sys.stderr
     return bool(getattr(stream, "isatty", lambda: False)())
@@ -44,4 +61,4 @@ def progress_bar(total: float | None = None, *, desc: str | None = None, unit: s
         return tqdm(file=stream, dynamic_ncols=True, **kwargs)
     seconds = float(os.environ.get("PATHGEN_PROGRESS_SECONDS", DEFAULT_SECONDS))
     # miniters=1 with mininterval: the time limit alone decides (tqdm's adaptive miniters would skip updates)
-    return tqdm(file=_Lines(stream), mininterval=seconds, miniters=1, ncols=100, ascii=True, **kwargs)
+    return _LogBar(file=_Lines(stream), mininterval=seconds, miniters=1, ncols=100, ascii=True, **kwargs)
