@@ -6,7 +6,7 @@ matching CLI command; training stages can also be launched under torchrun, as th
 resume (or cheaply redo) when run again in the same folder: a killed pipeline relies on it.
 
     data.py        demo-cohort, demo-patches, tile
-    training.py    pretrain-ssl, pretrain-gensis (and the diffusion stages)
+    training.py    pretrain-ssl, pretrain-diffusion, generate, pretrain-gensis
     evaluation.py  eval-knn, eval-compare, extract-features, mil, mil-heatmap
 """
 

@@ -1,4 +1,4 @@
-"""Training stages: DINO, Gen-DINO (and the diffusion model), each from its config file plus overrides."""
+"""Training stages: DINO, Gen-DINO and the diffusion model, each from its config file plus overrides; generation."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from pathgen.config import load_config
+from pathgen.config import Section, load_config
 from pathgen.pipeline.stages import NoParams, Stage, StepContext
 
 
@@ -35,9 +35,56 @@ def run_ssl(ctx: StepContext) -> None:
         cleanup()
 
 
+def diffusion_config(path: Path | None, overrides: list[str], out: Path) -> BaseModel:
+    from pathgen.diffusion.config import DiffusionConfig
+
+    return load_config(DiffusionConfig, path, [*overrides, f"run.out_dir={out}"])
+
+
+def run_diffusion(ctx: StepContext) -> None:
+    from pathgen.diffusion.train import train_diffusion
+    from pathgen.runtime.distributed import cleanup
+
+    try:
+        train_diffusion(ctx.config, resume="auto")
+    finally:
+        cleanup()
+
+
+class GenerateParams(Section):
+    """`pathgen generate`: views and interpolations of real patches; its chunked output resumes in place."""
+
+    model: str  # a pretrain-diffusion step's model folder
+    stores: list[str]  # stores, folders, globs or a tiling manifest
+    encoder: str | None = None  # default: the encoder the model records
+    views: int = 1
+    interpolations: int = 1
+    alpha_min: float = 0.3
+    alpha_max: float = 0.7
+    sampler: str = "dpm++"
+    steps: int = 20
+    guidance_scale: float = 2.5
+    batch_size: int = 32
+    seed: int = 0
+    max_sources: int | None = None  # a seeded random subset of the source patches
+
+
+def run_generate(ctx: StepContext) -> None:
+    from pathgen.diffusion.generate import generate
+
+    p = ctx.params
+    generate(p.model, p.stores, ctx.dir, encoder=p.encoder, views=p.views, interpolations=p.interpolations,
+             alpha_range=(p.alpha_min, p.alpha_max), sampler=p.sampler, steps=p.steps,
+             guidance_scale=p.guidance_scale, batch_size=p.batch_size, seed=p.seed, max_sources=p.max_sources)
+
+
 STAGES = {
     "pretrain-ssl": Stage(NoParams, {"encoder": "encoder.safetensors", "dir": "."}, run_ssl, config=ssl_config,
                           cli=("pretrain", "ssl")),
     "pretrain-gensis": Stage(NoParams, {"encoder": "encoder.safetensors", "dir": "."}, run_ssl, config=gensis_config,
                              cli=("pretrain", "gensis")),
+    "pretrain-diffusion": Stage(NoParams, {"model": "model", "dir": "."}, run_diffusion, config=diffusion_config,
+                                cli=("pretrain", "diffusion")),
+    "generate": Stage(GenerateParams, {"generated": "generated.zarr", "grid": "grid.png", "fidelity": "fidelity.json"},
+                      run_generate, inputs=("model", "stores", "encoder")),
 }
