@@ -228,6 +228,24 @@ class PatchStoreWriter:
         """Record that patches start..start+count-1 are on disk (written here, or by another process)."""
         self._written[start : start + count] = True
 
+    def truncate(self, n: int, labels: np.ndarray | None = None) -> None:
+        """Keep only the first `n` patches (Zarr): for inputs that turn out unreadable while the store is being
+        written (`pathgen pack` skips a corrupt image and writes the next one in its place). `labels` (length n)
+        replace the stored labels."""
+        if self.format != "zarr":
+            raise StoreError(self.path, "only Zarr stores can be truncated while written")
+        if not 0 <= n <= self.n:
+            raise ValueError(f"cannot truncate a store of {self.n} patches to {n}")
+        for name in ("coords", "tissue_fraction", "labels", "images"):
+            if name in self._root:
+                array = self._root[name]
+                array.resize((n, *array.shape[1:]))
+        if labels is not None:
+            self._root["labels"][:] = np.asarray(labels, dtype=np.int64)
+        self.n, self._written = n, self._written[:n]
+        self.attrs["n_patches"] = self.coords_attrs["n_patches"] = n
+        self._root.attrs["n_patches"] = self._root["coords"].attrs["n_patches"] = n
+
     def _check_complete(self) -> None:
         if self.coords_only:
             return
