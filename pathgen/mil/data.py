@@ -1,6 +1,7 @@
 """Slide labels (labels.csv), their match with feature files, and bags read lazily from disk.
 
-labels.csv: `slide_id,label[,case_id]`. Labels may be any strings; the classes are sorted (numerically when
+labels.csv: `slide_id,label[,case_id]`, or the tiling manifest of a slide list with label (and case_id) columns,
+whose stores name the slides. Labels may be any strings; the classes are sorted (numerically when
 they all are integers, so ISUP grades 0..5 keep their order) and recorded with every model and result.
 """
 
@@ -43,11 +44,16 @@ def read_labels(path: str | Path) -> list[tuple[str, str, str]]:
         with open(path, newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             columns = set(reader.fieldnames or [])
-            if not {"slide_id", "label"} <= columns:
+            # a tiling manifest of a labelled slide list: its stores name the slides as the feature files do
+            manifest = "slide_id" not in columns and {"store", "status", "label"} <= columns
+            if not ({"slide_id", "label"} <= columns or manifest):
                 raise ConfigError(path, f"labels need columns slide_id,label (case_id optional), not {sorted(columns)}")
             rows, seen = [], {}
             for line, row in enumerate(reader, start=2):
-                slide, label = (row.get("slide_id") or "").strip(), (row.get("label") or "").strip()
+                if manifest and row.get("status") == "failed":
+                    continue  # a slide that could not be tiled has no features either
+                slide = Path(row["store"]).name.split(".")[0] if manifest else (row.get("slide_id") or "").strip()
+                label = (row.get("label") or "").strip()
                 if not slide or not label:
                     raise ConfigError(path, f"line {line}: empty slide_id or label")
                 if slide in seen:

@@ -1,4 +1,8 @@
-"""The console table of a MIL run: one row per fold, mean ± std, and the pooled value with its bootstrap CI."""
+"""The console table of a MIL run: one row per fold, mean ± std, and the pooled value with its bootstrap CI; and
+the comparison of several encoders' runs."""
+
+import json
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -32,3 +36,32 @@ def metrics_table(result: dict, title: str = "MIL") -> Table:
 
 def print_metrics(result: dict, title: str = "MIL", console: Console | None = None) -> None:
     (console or Console()).print(metrics_table(result, title))
+
+
+def compare_results(metrics: dict[str, str | Path]) -> dict:
+    """Several encoders' MIL runs (name -> metrics.json) side by side: per encoder, each metric's mean ± std over
+    folds and pooled value with its CI, and whether every run was tested on the same splits (splits.csv beside
+    each metrics.json), without which the numbers are not paired."""
+    rows, splits = [], set()
+    for name, path in metrics.items():
+        path = Path(path)
+        result = json.loads(path.read_text(encoding="utf-8"))
+        split_file = path.with_name("splits.csv")
+        splits.add(split_file.read_text(encoding="utf-8") if split_file.is_file() else str(split_file))
+        n_test = sum(run["n_test"] for run in result["folds"])
+        rows.append({"encoder": name, "metrics": str(path), "n_test": n_test,
+                     **{m: result["summary"][m] for m in METRICS}})
+    return {"rows": rows, "same_splits": len(splits) == 1, "metrics": list(METRICS)}
+
+
+def comparison_table(table: dict) -> Table:
+    """One row per encoder: each metric as mean ± std over folds and the pooled value."""
+    note = "same splits" if table["same_splits"] else "DIFFERENT splits: not paired"
+    out = Table(title=f"MIL by encoder ({note}): mean ± std over folds / pooled")
+    out.add_column("encoder")
+    for name in table["metrics"]:
+        out.add_column(HEADERS[name], justify="right")
+    for row in table["rows"]:
+        out.add_row(row["encoder"], *(f"{_fmt(row[m]['mean'])} ± {_fmt(row[m]['std'])} / {_fmt(row[m]['pooled'])}"
+                                      for m in table["metrics"]))
+    return out

@@ -5,9 +5,9 @@ outputs, whose paths (relative to the step folder) the Stage declares. It calls 
 matching CLI command; training stages can also be launched under torchrun, as that CLI command. Every stage must
 resume (or cheaply redo) when run again in the same folder: a killed pipeline relies on it.
 
-    data.py        demo-cohort, demo-patches, tile
+    data.py        demo-cohort, demo-patches, tile, pack
     training.py    pretrain-ssl, pretrain-diffusion, generate, pretrain-gensis
-    evaluation.py  eval-knn, eval-compare, extract-features, mil, mil-heatmap
+    evaluation.py  eval-knn, eval-compare, extract-features, mil, mil-compare, mil-heatmap
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
-"""Stages that make data: the demo's synthetic cohort and labelled patches, and tiling."""
+"""Stages that make data: the demo's synthetic cohort and labelled patches, tiling, and packing image folders."""
 
 from __future__ import annotations
 
 from pathgen.config import Section
 from pathgen.pipeline.stages import Stage, StepContext
 from pathgen.store.codecs import DEFAULT_CODEC, DEFAULT_QUALITY
+from pathgen.store.pack import DEFAULT_PER_STORE
 
 
 class CohortParams(Section):
@@ -69,8 +70,30 @@ def run_tile(ctx: StepContext) -> None:
         raise PathgenError(f"{manifest}: no slide could be tiled")
 
 
+class PackParams(Section):
+    """`pathgen pack`'s options (see its --help)."""
+
+    images: str  # an ImageFolder root or a path,label CSV of images
+    size: int = 256
+    per_store: int = DEFAULT_PER_STORE
+    codec: str = DEFAULT_CODEC
+    quality: int = DEFAULT_QUALITY
+    workers: int = 1
+
+
+def run_pack(ctx: StepContext) -> None:
+    from pathgen.store.manifest import summary_path
+    from pathgen.store.pack import pack_images
+
+    p = ctx.params
+    manifest = pack_images(p.images, ctx.dir, size=p.size, per_store=p.per_store, codec=p.codec, quality=p.quality,
+                           workers=p.workers)
+    print(summary_path(manifest).read_text().rstrip())
+
+
 STAGES = {
     "demo-cohort": Stage(CohortParams, {"labels": "labels.csv"}, run_cohort),
     "demo-patches": Stage(PatchesParams, {"patches": "patches"}, run_patches),
     "tile": Stage(TileParams, {"manifest": "manifest.csv", "dir": "."}, run_tile, inputs=("slides", "roi")),
+    "pack": Stage(PackParams, {"manifest": "manifest.csv", "dir": "."}, run_pack, inputs=("images",)),
 }

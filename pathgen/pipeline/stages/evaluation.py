@@ -1,4 +1,5 @@
-"""Evaluation stages: frozen-encoder kNN / linear probes, feature extraction, MIL classifiers and their heatmaps."""
+"""Evaluation stages: frozen-encoder kNN / linear probes, feature extraction, MIL classifiers, their comparison and
+heatmaps."""
 
 from __future__ import annotations
 
@@ -42,6 +43,9 @@ class CompareParams(Section):
     test_fraction: float = 0.3
     seed: int = 0
     k: int = 20
+    img_size: int | None = None  # default: each encoder's own input size
+    batch_size: int = 64
+    workers: int = 0  # DataLoader workers decoding the images
 
 
 def run_compare(ctx: StepContext) -> None:
@@ -51,7 +55,7 @@ def run_compare(ctx: StepContext) -> None:
 
     p = ctx.params
     table = compare_encoders(list(p.encoders.values()), p.train, p.test or None, k=p.k, test_fraction=p.test_fraction,
-                             seed=p.seed)
+                             seed=p.seed, img_size=p.img_size, batch_size=p.batch_size, workers=p.workers)
     names = {spec: name for name, spec in p.encoders.items()}
     for row in table["rows"]:
         row["name"] = names[row["encoder"]]
@@ -102,6 +106,26 @@ def run_mil(ctx: StepContext) -> None:
     train_mil(ctx.params.features, ctx.params.labels, ctx.dir, ctx.config)
 
 
+class MILCompareParams(Section):
+    metrics: dict[str, str]  # encoder name -> a mil step's metrics.json
+
+
+def run_mil_compare(ctx: StepContext) -> None:
+    from rich.console import Console
+
+    from pathgen.eval.report import write_json
+    from pathgen.mil.report import compare_results, comparison_table
+
+    table = compare_results(ctx.params.metrics)
+    Console().print(comparison_table(table))
+    write_json(ctx.dir / "compare.json", table)
+    with open(ctx.dir / "compare.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["encoder", *(f"{m}_{k}" for m in table["metrics"] for k in ("mean", "std", "pooled"))])
+        for row in table["rows"]:
+            writer.writerow([row["encoder"], *(row[m][k] for m in table["metrics"] for k in ("mean", "std", "pooled"))])
+
+
 class HeatmapParams(Section):
     model: str  # a mil step's folder
     features: str
@@ -141,5 +165,6 @@ STAGES = {
                               inputs=("stores", "from_slides")),
     "mil": Stage(MILParams, {"metrics": "metrics.json", "dir": "."}, run_mil, inputs=("features", "labels"),
                  config=mil_config),
+    "mil-compare": Stage(MILCompareParams, {"results": "compare.json", "table": "compare.csv"}, run_mil_compare),
     "mil-heatmap": Stage(HeatmapParams, {"heatmap": "heatmap.png"}, run_heatmap, inputs=("labels",)),
 }
