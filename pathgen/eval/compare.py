@@ -59,7 +59,7 @@ def comparison_table(table: dict) -> Table:
     for name in ("encoder", "kNN top-1 %", "kNN bal. acc %", "linear top-1 %", "linear bal. acc %"):
         out.add_column(name, justify="left" if name == "encoder" else "right", overflow="fold")
     for row in table["rows"]:
-        out.add_row(row["encoder"], *(f"{100 * row[c]:.2f}" for c in COLUMNS[1:5]))
+        out.add_row(row.get("name", row["encoder"]), *(f"{100 * row[c]:.2f}" for c in COLUMNS[1:5]))
     return out
 
 
@@ -72,7 +72,8 @@ def write_table(table: dict, stem: str | Path) -> tuple[Path, Path]:
     csv_path = stem.with_name(stem.name + ".csv")
     tmp = csv_path.with_name(f"{csv_path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        named = any("name" in row for row in table["rows"])  # display names, as a pipeline step gives them
+        writer = csv.DictWriter(f, fieldnames=["name", *COLUMNS] if named else COLUMNS)
         writer.writeheader()
         writer.writerows(table["rows"])
     os.replace(tmp, csv_path)

@@ -55,13 +55,15 @@ def compare_results(metrics: dict[str, str | Path]) -> dict:
 
 
 def comparison_table(table: dict) -> Table:
-    """One row per encoder: each metric as mean ± std over folds and the pooled value."""
+    """Two rows per encoder: each metric's mean ± std over folds, then its pooled out-of-fold value."""
     note = "same splits" if table["same_splits"] else "DIFFERENT splits: not paired"
-    out = Table(title=f"MIL by encoder ({note}): mean ± std over folds / pooled")
+    out = Table(title=f"MIL by encoder ({note})")
     out.add_column("encoder")
+    out.add_column("")
     for name in table["metrics"]:
         out.add_column(HEADERS[name], justify="right")
     for row in table["rows"]:
-        out.add_row(row["encoder"], *(f"{_fmt(row[m]['mean'])} ± {_fmt(row[m]['std'])} / {_fmt(row[m]['pooled'])}"
-                                      for m in table["metrics"]))
+        out.add_row(row["encoder"], "mean ± std",
+                    *(f"{_fmt(row[m]['mean'])} ± {_fmt(row[m]['std'])}" for m in table["metrics"]))
+        out.add_row("", "pooled", *(_fmt(row[m]["pooled"]) for m in table["metrics"]), end_section=True)
     return out
