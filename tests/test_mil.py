@@ -232,3 +232,16 @@ def test_models_give_logits_and_attention_over_any_bag_size():
             logits, attention = model(torch.randn(n, 16))
             assert logits.shape == (6,) and attention.shape == (n,)
             assert float(attention.detach().sum()) == pytest.approx(1.0, abs=1e-5) and (attention >= 0).all()
+
+
+def test_labels_can_be_the_tiling_manifest_of_a_labelled_slide_list(tmp_path):
+    from pathgen.mil.data import read_labels
+    from pathgen.store.manifest import ManifestRow, write_manifest
+
+    manifest = write_manifest(tmp_path / "manifest.csv", [
+        ManifestRow("/s/a.svs", "ok", 5, store="a.zarr", extra={"label": "tumour", "case_id": "p1"}),
+        ManifestRow("/s/b.svs", "failed", error="unreadable", extra={"label": "normal", "case_id": "p1"}),
+        ManifestRow("/s/dup/a.svs", "skipped", 3, store="dup_a.zarr", extra={"label": "normal", "case_id": ""}),
+    ])
+    # slides are named by their stores, as the feature files are; a slide that failed to tile has none
+    assert read_labels(manifest) == [("a", "tumour", "p1"), ("dup_a", "normal", "dup_a")]
