@@ -70,31 +70,33 @@ class PackResult:
 # ---------------------------------------------------------------------------------------------- listing
 
 
-def list_images(source: str | Path) -> tuple[Path, list[tuple[Path, int]], list[str]]:
-    """(root, [(image path, class index)], classes) of an ImageFolder root or a path,label CSV.
+def list_images(source: str | Path) -> tuple[str, list[tuple[str, int]], list[str]]:
+    """(root, [(absolute image path, class index)], classes) of an ImageFolder root or a path,label CSV.
 
     An ImageFolder is listed as torchvision's ImageFolder lists it (the same classes, order and extensions), so
     a packed store's labels are the ImageFolder's targets. A CSV's paths are relative to its folder; its classes
-    are the sorted distinct labels.
+    are the sorted distinct labels. Paths stay strings, built without a system call per file (ImageNet: 1.28 M).
     """
     source = Path(source)
     if source.is_file() and source.suffix == ".csv":
-        return source.parent, *_list_csv(source)
+        return str(source.parent.resolve()), *_list_csv(source)
     if not source.is_dir():
         raise ConfigError(source, "not an image folder (class sub-folders of images) or a path,label CSV")
     from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
+    root = str(source.resolve())
     try:
-        classes, class_to_idx = find_classes(str(source))
-        items = make_dataset(str(source), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+        classes, class_to_idx = find_classes(root)
+        items = make_dataset(root, class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     except FileNotFoundError:
         raise ConfigError(source, "no class sub-folders (an ImageFolder root holds one folder per class)") from None
     if not items:
         raise ConfigError(source, f"no images ({', '.join(IMG_EXTENSIONS)}) in its class sub-folders")
-    return source, [(Path(p), int(y)) for p, y in items], list(classes)
+    return root, items, list(classes)
 
 
-def _list_csv(path: Path) -> tuple[list[tuple[Path, int]], list[str]]:
+def _list_csv(path: Path) -> tuple[list[tuple[str, int]], list[str]]:
+    folder = str(path.parent.resolve())
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.DictReader(f)
         if not {"path", "label"} <= set(reader.fieldnames or []):
@@ -104,7 +106,7 @@ def _list_csv(path: Path) -> tuple[list[tuple[Path, int]], list[str]]:
             image, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
             if not image or not label:
                 raise ConfigError(path, f"line {line}: empty path or label")
-            rows.append((Path(image) if Path(image).is_absolute() else path.parent / image, label))
+            rows.append((os.path.normpath(os.path.join(folder, image)), label))
     if not rows:
         raise ConfigError(path, "no images under the path,label header")
     classes = sorted({label for _, label in rows})
@@ -112,11 +114,10 @@ def _list_csv(path: Path) -> tuple[list[tuple[Path, int]], list[str]]:
     return [(p, index[label]) for p, label in rows], classes
 
 
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return path.relative_to(root).as_posix()
-    except ValueError:
-        return str(path)
+def _relative(path: str, root: str) -> str:
+    """`path` below `root` as a relative POSIX path; elsewhere as given."""
+    prefix = root.rstrip(os.sep) + os.sep
+    return path[len(prefix) :].replace(os.sep, "/") if path.startswith(prefix) else path
 
 
 def _files_sha256(files: Sequence[str], labels: Sequence[int], classes: Sequence[str]) -> str:
@@ -194,7 +195,7 @@ def _pack_store(task: PackTask) -> PackResult:
         kept, rows, unreadable = [], [], []
         k = start = 0  # images in the buffer; the store index of its first
         for file, y in zip(task.files, task.labels, strict=True):
-            name = _relative(Path(file), Path(task.root))
+            name = _relative(file, task.root)
             try:
                 buffer[k] = load_image(file, s)
             except Exception as err:  # noqa: BLE001 - a corrupt or unsupported image is recorded and skipped
@@ -281,21 +282,23 @@ def pack_images(
     tasks = []
     for i, first in enumerate(range(0, len(items), per_store)):
         part = items[first : first + per_store]
-        files, labels = tuple(str(p.resolve()) for p, _ in part), tuple(y for _, y in part)
-        digest = _files_sha256([_relative(Path(f), root.resolve()) for f in files], labels, classes)
-        tasks.append(PackTask(f"part-{i:05d}", str(out.resolve()), files, labels, str(root.resolve()),
-                              tuple(classes), size, patch_codec, digest))
+        files, labels = tuple(p for p, _ in part), tuple(y for _, y in part)
+        digest = _files_sha256([_relative(f, root) for f in files], labels, classes)
+        tasks.append(PackTask(f"part-{i:05d}", str(out.resolve()), files, labels, root, tuple(classes), size,
+                              patch_codec, digest))
+    n_images = len(items)
+    del items  # the tasks hold the paths now
     names = {t.name for t in tasks}
     for stale in out.glob("part-*.zarr"):  # a smaller dataset than last time: its extra stores would be mixed in
         if stale.name.removesuffix(".zarr") not in names or overwrite:
             remove_path(stale)
-    print(f"pack {root}: {len(items)} images, {len(classes)} classes -> {len(tasks)} store(s) of up to {per_store} "
+    print(f"pack {root}: {n_images} images, {len(classes)} classes -> {len(tasks)} store(s) of up to {per_store} "
           f"in {out}", flush=True)
 
     t0 = time.perf_counter()
     results: dict[str, PackResult] = {}
     manifest = out / "manifest.csv"
-    bar = progress_bar(total=len(items), desc="pack", unit="img", disable=not progress)
+    bar = progress_bar(total=n_images, desc="pack", unit="img", disable=not progress)
     pool = WorkerPool(min(workers, len(tasks)), warm_up)
     pending = list(reversed(tasks))  # popped from the end: in order
     attempts: dict[str, int] = {}
@@ -341,7 +344,7 @@ def pack_images(
         pool.close()
     _write_outputs(out, tasks, results)
     rows = _rows(tasks, results)
-    summary_path(manifest).write_text(_summary(rows, results, len(items), time.perf_counter() - t0),
+    summary_path(manifest).write_text(_summary(rows, results, n_images, time.perf_counter() - t0),
                                       encoding="utf-8")
     if not any(r.status in ("ok", "skipped") for r in rows):
         raise PathgenError(f"{manifest}: no image could be packed")
@@ -353,7 +356,7 @@ def _rows(tasks: Sequence[PackTask], results: dict[str, PackResult]) -> list[Man
     for task in tasks:
         if (r := results.get(task.name)) is None:
             continue
-        first = _relative(Path(task.files[0]), Path(task.root))
+        first = _relative(task.files[0], task.root)
         rows.append(ManifestRow(slide=f"{task.root}#{task.name}", status=r.status, n_patches=r.n_images,
                                 seconds=r.seconds, error=r.error or (f"{len(r.unreadable)} unreadable image(s), see "
                                                                      "unreadable.csv" if r.unreadable else ""),
