@@ -1,0 +1,125 @@
+"""`pathgen pack` against the bare work it cannot avoid, and its peak memory as the dataset grows.
+
+A synthetic ImageNet-like ImageFolder (default 4 classes x 128 JPEGs of 400-500 x 300-375 px at quality 90, random
+crops of scikit-image's pictures; written once to $TMPDIR/pathgen-bench-pack) is packed to 256 px stores.
+
+Time, in this process, interleaved over --rounds (medians):
+- bare: a loop of `pathgen.store.pack.load_image` over the images (PIL decode, RGB, ResizeCenterCrop(256)), the
+  floor for any packer (no encoding, no writing);
+- pack: `pack_images(..., workers=0)` of the same images (the same decoding and resizing, plus JPEG q90 encoding,
+  the store writes and their fsync).
+Memory: peak RSS of a fresh subprocess packing all the images, and one packing a quarter of them (a path,label CSV
+of every 4th image), sampled every 20 ms with psutil: the same if memory is flat in the dataset size.
+Needs the bench extra (psutil).
+
+    python benchmarks/bench_pack.py
+    python benchmarks/bench_pack.py --per-class 256 --rounds 5
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PACK = """
+import json, shutil, sys, time
+import torchvision.datasets.folder, zarr, pathgen.data.augment, pathgen.slide.pool  # imports: outside the timing
+from pathgen.store.pack import pack_images
+shutil.rmtree(sys.argv[2], ignore_errors=True)
+t0 = time.perf_counter()
+pack_images(sys.argv[1], sys.argv[2], size=256, workers=0, progress=False)
+print(json.dumps({"seconds": time.perf_counter() - t0}))
+"""
+
+
+def make_folder(root: Path, per_class: int) -> Path:
+    """root/class_k/NNNN.jpg, written once; and root.csv listing every 4th image."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    folder = root / f"images_{per_class}"
+    if not folder.exists():
+        rng = np.random.default_rng(0)
+        pictures = [data.astronaut(), data.coffee(), data.chelsea(), data.rocket()]
+        tmp = folder.with_name(folder.name + ".tmp")
+        for k, picture in enumerate(pictures):
+            (tmp / f"class_{k}").mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                w, h = int(rng.integers(400, 501)), int(rng.integers(300, 376))
+                s = rng.uniform(0.5, 1.0)
+                ch, cw = int(picture.shape[0] * s), int(picture.shape[1] * s)
+                y, x = int(rng.integers(0, picture.shape[0] - ch + 1)), int(rng.integers(0, picture.shape[1] - cw + 1))
+                crop = Image.fromarray(picture[y : y + ch, x : x + cw]).resize((w, h), Image.BICUBIC)
+                crop.save(tmp / f"class_{k}" / f"{i:04d}.jpg", quality=90)
+        tmp.rename(folder)
+    quarter = root / f"images_{per_class}_quarter.csv"
+    files = sorted(folder.rglob("*.jpg"))[::4]
+    quarter.write_text("path,label\n" + "".join(f"{p},{p.parent.name}\n" for p in files))
+    return folder
+
+
+def run_side(code: str, args: list[str]) -> tuple[float, float]:
+    """(seconds the side reports, peak RSS in MiB of its process) of one fresh subprocess."""
+    import psutil
+
+    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        try:
+            peak = max(peak, sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
+        except psutil.Error:
+            pass
+        time.sleep(0.02)
+    out, err = proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(err[-3000:])
+    return json.loads(out.strip().splitlines()[-1])["seconds"], peak / 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "pathgen-bench-pack")
+    ap.add_argument("--per-class", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=3)
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    folder = make_folder(args.work, args.per_class)
+    quarter = args.work / f"images_{args.per_class}_quarter.csv"
+    n = 4 * args.per_class
+    import shutil
+
+    from pathgen.store.pack import list_images, load_image, pack_images
+
+    _, items, _ = list_images(folder)
+    out = args.work / "out"
+    times: dict[str, list[float]] = {"bare": [], "pack": []}
+    pack_images(quarter, args.work / "warm", size=256, workers=0, progress=False)  # imports and first calls
+    for r in range(args.rounds):
+        for name in (("bare", "pack") if r % 2 == 0 else ("pack", "bare")):
+            shutil.rmtree(out, ignore_errors=True)
+            t0 = time.perf_counter()
+            if name == "bare":
+                for path, _ in items:
+                    load_image(path, 256)
+            else:
+                pack_images(folder, out, size=256, workers=0, progress=False)
+            times[name].append(time.perf_counter() - t0)
+    memory = {name: max(run_side(PACK, [str(src), str(args.work / f"mem_{name}")])[1] for _ in range(2))
+              for name, src in (("all", folder), ("quarter", quarter))}
+    bare, pack = statistics.median(times["bare"]), statistics.median(times["pack"])
+    print(f"{n} images of 400-500 x 300-375 px (JPEG q90) -> 256 px stores, medians of {args.rounds} rounds")
+    print(f"  bare decode + resize  {bare:7.2f} s  {n / bare:7.1f} img/s")
+    print(f"  pack (1 process)      {pack:7.2f} s  {n / pack:7.1f} img/s")
+    print(f"pack / bare time: {pack / bare:.2f}x")
+    print(f"peak RSS packing {n} images: {memory['all']:.0f} MiB; {n // 4} images: {memory['quarter']:.0f} MiB "
+          f"({memory['all'] / memory['quarter']:.2f}x)")
+
+
+if __name__ == "__main__":
+    main()
