@@ -64,6 +64,17 @@ def test_the_shipped_pipelines_plan_with_their_one_required_input_each(tmp_path)
     assert steps["diffusion"].config.data.encoder == str(tmp_path / "i" / "ssl" / "encoder.safetensors")
     assert steps["gensis"].config.gensis.generated == str(tmp_path / "i" / "generate" / "generated.zarr")
     assert steps["compare"].params.test == [str(tmp_path / "i" / "pack_val" / "manifest.csv")]
+    # and as a user runs it
+    from typer.testing import CliRunner
+
+    from pathgen.cli import app
+
+    result = CliRunner().invoke(app, ["run", str(HISTO), "tile.slides=[cohort.csv]", "--plan", "--out",
+                                      str(tmp_path / "h")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "mil-compare" in result.output and result.output.count("never run") == 9
+    result = CliRunner().invoke(app, ["run", str(IMAGENET), "--plan", "--out", str(tmp_path / "i")])
+    assert result.exit_code == 1
+    assert result.output.strip() == f"error: {IMAGENET}: steps.pack.with.images: required key is missing"
 
 
 @pytest.mark.slow
