@@ -62,20 +62,6 @@ def test_an_image_folder_packs_into_labelled_stores_with_a_tiling_manifest(image
     assert dataset.classes == ["astronaut", "coffee"] and dataset_targets(dataset).tolist() == reference.targets
 
 
-@pytest.mark.parametrize("size", [24, 64])  # down- and upsampling
-def test_images_are_resized_and_cropped_as_the_evaluation_transform_does(image_folder, size):
-    from PIL import Image
-
-    from pathgen.data.augment import ResizeCenterCrop
-
-    for path in sorted(image_folder.rglob("*.*"))[:6]:
-        with Image.open(path) as img:
-            img.draft("RGB", (size, size))
-            reference = ResizeCenterCrop(size)(img.convert("RGB")).permute(1, 2, 0).numpy().astype(int)
-        ours = load_image(path, size).astype(int)  # PIL in the workers, no torch there
-        assert ours.shape == (size, size, 3) and np.abs(ours - reference).max() <= 2
-
-
 def test_a_corrupt_image_is_recorded_and_skipped_and_a_rerun_skips_finished_stores(image_folder, tmp_path):
     import shutil
 
@@ -120,15 +106,6 @@ def test_a_path_label_csv_packs_too_and_bad_input_is_a_one_line_error(image_fold
         pack_images(tmp_path / "bad.csv", tmp_path / "x", workers=0)
 
 
-def test_worker_processes_pack_the_same_stores(image_folder, tmp_path):
-    inline = pack_images(image_folder, tmp_path / "inline", size=32, per_store=8, workers=0, progress=False)
-    pooled = pack_images(image_folder, tmp_path / "pooled", size=32, per_store=8, workers=2, progress=False)
-    for a, b in zip(find_stores(inline), find_stores(pooled), strict=True):
-        with open_store(a) as x, open_store(b) as y:
-            assert x.content_id == y.content_id and np.array_equal(x.read(range(len(x))), y.read(range(len(y))))
-    assert [r.status for r in read_manifest(pooled)] == ["ok", "ok"]
-
-
 def _pack_store_killed_on_part_1(task):
     import os
     import signal
@@ -143,11 +120,18 @@ import pathgen.store.pack as _pack  # noqa: E402
 _PACK_STORE = _pack.pack_store  # the real one, in the parent and in every worker
 
 
-def test_a_dying_worker_fails_only_its_store_after_one_retry_alone(image_folder, tmp_path, monkeypatch):
+@pytest.mark.slow  # a pool of 1 worker (importing torch), started 3 times
+def test_workers_pack_and_a_dying_one_fails_only_its_store_after_one_retry_alone(image_folder, tmp_path, monkeypatch):
     monkeypatch.setattr(_pack, "pack_store", _pack_store_killed_on_part_1)
-    manifest = pack_images(image_folder, tmp_path / "out", size=16, per_store=4, workers=2, progress=False)
+    manifest = pack_images(image_folder, tmp_path / "out", size=16, per_store=4, workers=1, progress=False)
     rows = {r.store or r.slide.rpartition("#")[2]: r for r in read_manifest(manifest)}
     assert rows["part-00001"].status == "failed"
     assert rows["part-00001"].error == "a worker was killed by SIGKILL (out of memory?) packing it"
     assert [rows[f"part-0000{i}.zarr"].status for i in (0, 2, 3)] == ["ok"] * 3
     assert "failed: " in (tmp_path / "out" / "summary.txt").read_text()
+    # what the worker processes wrote is what packing in this process writes
+    monkeypatch.undo()
+    inline = pack_images(image_folder, tmp_path / "inline", size=16, per_store=4, workers=0, progress=False)
+    for name in ("part-00000.zarr", "part-00002.zarr", "part-00003.zarr"):
+        with open_store(tmp_path / "out" / name) as x, open_store(inline.parent / name) as y:
+            assert x.content_id == y.content_id and np.array_equal(x.read(range(len(x))), y.read(range(len(y))))

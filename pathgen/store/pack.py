@@ -1,8 +1,8 @@
 """`pathgen pack`: an ImageFolder (or a path,label CSV) into patch stores, so natural-image datasets go through
 every stage that reads the tiler's stores (DINO, the diffusion model, `pathgen generate`, Gen-DINO).
 
-Each image is decoded, its shorter side resized to `size` and the centre square kept (the geometry of
-pathgen.data.augment's ResizeCenterCrop, which the evaluation transform uses), then stored like a tiled patch: the
+Each image is decoded, its shorter side resized to `size` and the centre square kept (pathgen.data.augment's
+ResizeCenterCrop, which the evaluation transform uses), then stored like a tiled patch: the
 same Zarr v3 layout, codec (JPEG q90 by default), per-patch `labels` with the class names in attrs["classes"],
 coords (0, 0) and a tissue fraction of 1. Images are listed in ImageFolder's order (classes sorted, files sorted
 within a class) and cut into stores of `per_store` images, `part-00000.zarr`, `part-00001.zarr`, ..., so ImageNet's
@@ -134,21 +134,17 @@ def _files_sha256(files: Sequence[str], labels: Sequence[int], classes: Sequence
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """uint8 [size, size, 3]: the image's shorter side resized to `size` (bicubic, antialiased), centre square.
 
-    The geometry of pathgen.data.augment.ResizeCenterCrop (torchvision's Resize + CenterCrop), done by PIL, so
-    that worker processes need no torch: each starts in a fraction of the time and holds ~0.5 GiB less.
+    pathgen.data.augment.ResizeCenterCrop, the evaluation transform's resize: ~1.2 ms for a 485 x 348 image against
+    ~3.9 ms for PIL's bicubic resize on the development machine (interleaved in one process).
     """
     from PIL import Image
+
+    from pathgen.data.augment import ResizeCenterCrop
 
     with Image.open(path) as img:
         img.draft("RGB", (size, size))  # JPEG: decode at a reduced scale that still covers size x size
         img = img.convert("RGB")
-    w, h = img.size
-    # torchvision's rule: the shorter side becomes `size`, the longer int(size * long / short)
-    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
-    if new != (w, h):
-        img = img.resize(new, Image.BICUBIC)
-    left, top = int(round((new[0] - size) / 2.0)), int(round((new[1] - size) / 2.0))
-    return np.asarray(img.crop((left, top, left + size, top + size)))
+    return ResizeCenterCrop(size)(img).permute(1, 2, 0).numpy()
 
 
 def _files_csv(task: PackTask) -> Path:
@@ -247,10 +243,14 @@ def _write_csv(path: Path, header: list[str], rows) -> None:
 
 
 def warm_up() -> None:
-    """What each worker imports before its first store (no torch: see load_image)."""
+    """Each worker: imports done up front, one thread for torch (the parallelism comes from the processes)."""
     import imagecodecs  # noqa: F401
+    import torch
     import zarr  # noqa: F401
-    from PIL import Image  # noqa: F401
+
+    import pathgen.data.augment  # noqa: F401
+
+    torch.set_num_threads(1)
 
 
 # ---------------------------------------------------------------------------------------------- a dataset
