@@ -6,6 +6,8 @@ crops of scikit-image's pictures; written once to $TMPDIR/pathgen-bench-pack) is
 Time, in this process, interleaved over --rounds (medians):
 - bare: a loop of `pathgen.store.pack.load_image` over the images (PIL decode, RGB, ResizeCenterCrop(256)), the
   floor for any packer (no encoding, no writing);
+- bare, PIL resize: the same loop with PIL's bicubic resize and crop in place of ResizeCenterCrop (what a packer
+  without torch in its workers would do);
 - pack: `pack_images(..., workers=0)` of the same images (the same decoding and resizing, plus JPEG q90 encoding,
   the store writes and their fsync).
 Memory: peak RSS of a fresh subprocess packing all the images, and one packing a quarter of them (a path,label CSV
@@ -34,6 +36,21 @@ t0 = time.perf_counter()
 pack_images(sys.argv[1], sys.argv[2], size=256, workers=0, progress=False)
 print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
+
+
+def load_image_pil(path, size: int):
+    """Decode as load_image does, then PIL's bicubic resize (antialiased) of the shorter side and the centre crop."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as img:
+        img.draft("RGB", (size, size))
+        img = img.convert("RGB")
+    w, h = img.size
+    new = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    img = img.resize(new, Image.BICUBIC)
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    return np.asarray(img.crop((left, top, left + size, top + size)))
 
 
 def make_folder(root: Path, per_class: int) -> Path:
@@ -98,25 +115,26 @@ def main() -> None:
 
     _, items, _ = list_images(folder)
     out = args.work / "out"
-    times: dict[str, list[float]] = {"bare": [], "pack": []}
+    times: dict[str, list[float]] = {"bare": [], "bare, PIL resize": [], "pack": []}
     pack_images(quarter, args.work / "warm", size=256, workers=0, progress=False)  # imports and first calls
     for r in range(args.rounds):
-        for name in (("bare", "pack") if r % 2 == 0 else ("pack", "bare")):
+        for name in (list(times) if r % 2 == 0 else list(reversed(times))):
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
-            if name == "bare":
+            if name.startswith("bare"):
                 for path, _ in items:
-                    load_image(path, 256)
+                    (load_image if name == "bare" else load_image_pil)(path, 256)
             else:
                 pack_images(folder, out, size=256, workers=0, progress=False)
             times[name].append(time.perf_counter() - t0)
     memory = {name: max(run_side(PACK, [str(src), str(args.work / f"mem_{name}")])[1] for _ in range(2))
               for name, src in (("all", folder), ("quarter", quarter))}
-    bare, pack = statistics.median(times["bare"]), statistics.median(times["pack"])
+    med = {name: statistics.median(v) for name, v in times.items()}
     print(f"{n} images of 400-500 x 300-375 px (JPEG q90) -> 256 px stores, medians of {args.rounds} rounds")
-    print(f"  bare decode + resize  {bare:7.2f} s  {n / bare:7.1f} img/s")
-    print(f"  pack (1 process)      {pack:7.2f} s  {n / pack:7.1f} img/s")
-    print(f"pack / bare time: {pack / bare:.2f}x")
+    for name, seconds in med.items():
+        print(f"  {name:18s} {seconds:7.2f} s  {n / seconds:7.1f} img/s")
+    print(f"pack / bare time: {med['pack'] / med['bare']:.2f}x; bare with PIL's resize / bare: "
+          f"{med['bare, PIL resize'] / med['bare']:.2f}x")
     print(f"peak RSS packing {n} images: {memory['all']:.0f} MiB; {n // 4} images: {memory['quarter']:.0f} MiB "
           f"({memory['all'] / memory['quarter']:.2f}x)")
 
