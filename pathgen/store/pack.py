@@ -134,8 +134,8 @@ def _files_sha256(files: Sequence[str], labels: Sequence[int], classes: Sequence
 def load_image(path: str | Path, size: int) -> np.ndarray:
     """uint8 [size, size, 3]: the image's shorter side resized to `size` (bicubic, antialiased), centre square.
 
-    pathgen.data.augment.ResizeCenterCrop, the evaluation transform's resize: decoding and resizing this way took
-    1.74x less time than with PIL's bicubic resize (benchmarks/bench_pack.py).
+    pathgen.data.augment.ResizeCenterCrop, the evaluation transform's resize: decoding and resizing with PIL's
+    bicubic resize instead took 1.74x the time (benchmarks/bench_pack.py).
     """
     from PIL import Image
 
