@@ -97,8 +97,9 @@ def test_the_imagenet_pipeline_runs_on_a_tiny_image_folder(tmp_path, monkeypatch
                                                      f"{out}/gensis/encoder.safetensors"]
     assert [r["n_train"] for r in table["rows"]] == [16] * 3 and [r["n_test"] for r in table["rows"]] == [8] * 3
     assert table["classes"] == ["astronaut", "coffee"]
-    generated = json.loads((out / "generate" / "fidelity.json").read_text())
-    assert generated  # the views of the packed images were made and checked
+    assert json.loads((out / "generate" / "fidelity.json").read_text())  # views of the packed images, checked
+    # Gen-DINO found the generated views of the packed stores (joined by store content id)
+    assert "16 of 16 patches have generated views" in (out / "logs" / "gensis.log").read_text()
     assert {s.action for s in Pipeline(IMAGENET, out, tuple(overrides)).plan()} == {"skip"}
 
 
