@@ -242,6 +242,7 @@ def test_labels_can_be_the_tiling_manifest_of_a_labelled_slide_list(tmp_path):
         ManifestRow("/s/a.svs", "ok", 5, store="a.zarr", extra={"label": "tumour", "case_id": "p1"}),
         ManifestRow("/s/b.svs", "failed", error="unreadable", extra={"label": "normal", "case_id": "p1"}),
         ManifestRow("/s/dup/a.svs", "skipped", 3, store="dup_a.zarr", extra={"label": "normal", "case_id": ""}),
+        ManifestRow("/s/c.svs", "ok", 4, store="c.zarr", extra={"label": "", "case_id": "p3"}),  # pretraining only
     ])
     # slides are named by their stores, as the feature files are; a slide that failed to tile has none
     assert read_labels(manifest) == [("a", "tumour", "p1"), ("dup_a", "normal", "dup_a")]

@@ -1,7 +1,7 @@
 """Slide labels (labels.csv), their match with feature files, and bags read lazily from disk.
 
 labels.csv: `slide_id,label[,case_id]`, or the tiling manifest of a slide list with label (and case_id) columns,
-whose stores name the slides. Labels may be any strings; the classes are sorted (numerically when
+whose stores name the slides (its unlabelled slides are left out). Labels may be any strings; the classes are sorted (numerically when
 they all are integers, so ISUP grades 0..5 keep their order) and recorded with every model and result.
 """
 
@@ -54,6 +54,8 @@ def read_labels(path: str | Path) -> list[tuple[str, str, str]]:
                     continue  # a slide that could not be tiled has no features either
                 slide = Path(row["store"]).name.split(".")[0] if manifest else (row.get("slide_id") or "").strip()
                 label = (row.get("label") or "").strip()
+                if manifest and not label:
+                    continue  # an unlabelled slide of the cohort: pretraining data, not a MIL example
                 if not slide or not label:
                     raise ConfigError(path, f"line {line}: empty slide_id or label")
                 if slide in seen:
