@@ -1,8 +1,9 @@
 """Slide labels (labels.csv), their match with feature files, and bags read lazily from disk.
 
 labels.csv: `slide_id,label[,case_id]`, or the tiling manifest of a slide list with label (and case_id) columns,
-whose stores name the slides (its unlabelled slides are left out). Labels may be any strings; the classes are sorted (numerically when
-they all are integers, so ISUP grades 0..5 keep their order) and recorded with every model and result.
+whose stores name the slides (its unlabelled slides are left out). Labels may be any strings; the classes are
+sorted (numerically when they all are integers, so ISUP grades 0..5 keep their order) and recorded with every model
+and result.
 """
 
 import csv
