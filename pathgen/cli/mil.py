@@ -13,7 +13,8 @@ Device = typer.Option(None, "--device", help="cpu, cuda or cuda:N (default: CUDA
 @mil_app.command("train")
 def train(
     features: Path = Features,
-    labels: Path = typer.Option(..., "--labels", "-l", help="CSV with slide_id,label and optionally case_id."),
+    labels: Path = typer.Option(..., "--labels", "-l", help="CSV with slide_id,label and optionally case_id, or "
+                                "the tiling manifest of a labelled slide list."),
     out: Path = typer.Option(..., "--out", "-o", help="Output folder (metrics.json, predictions.csv, models/)."),
     config: Path | None = typer.Option(None, "--config", "-c", help="YAML config, e.g. configs/mil/panda_abmil.yaml."),
     overrides: list[str] | None = typer.Argument(None, help="Dotted overrides, e.g. train.epochs=20 train.lr=1e-4."),
