@@ -243,3 +243,31 @@ def test_two_gloo_ranks_under_torchrun_train_and_save_one_model(tmp_path, toy):
     state = load_checkpoint(out / "checkpoints" / "last.pt")
     assert state["step"] == 2 and len(state["rng"]) == 2 and state["iters_per_epoch"] == 4  # 32 / (2 x 4)
     assert (out / "model" / "model_index.json").is_file()
+
+
+@pytest.mark.parametrize("kind", ["epsilon", "v_prediction", "sample"])
+def test_the_loss_target_is_the_prediction_type(kind):
+    """A UNet that outputs exactly eps / v / x0 has zero loss for its own prediction type, and not for the others."""
+    from diffusers import DDPMScheduler
+
+    from pathgen.diffusion.train import diffusion_loss
+    from pathgen.runtime.device import Precision
+
+    scheduler = DDPMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", prediction_type=kind)
+    x0 = torch.rand(4, 3, 8, 8) * 2 - 1
+    captured = {}
+
+    def add_noise(x, noise, t):  # record what the loss drew, so the fake UNets below can answer exactly
+        captured.update(noise=noise, t=t)
+        return DDPMScheduler.add_noise(scheduler, x, noise, t)
+
+    scheduler.add_noise = add_noise
+    answers = {
+        "epsilon": lambda: captured["noise"],
+        "v_prediction": lambda: scheduler.get_velocity(x0, captured["noise"], captured["t"]),
+        "sample": lambda: x0,
+    }
+    for answer, make in answers.items():
+        loss = diffusion_loss(lambda noisy, t, e, drop, make=make: make(), scheduler, x0, torch.zeros(4, 2), 0.1,
+                              Precision("cpu", None))
+        assert (loss.item() < 1e-10) == (answer == kind), (answer, loss.item())

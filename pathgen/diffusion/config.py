@@ -74,8 +74,9 @@ class NoiseConfig(Section):
     beta_start: float = 0.0001
     beta_end: float = 0.02
     # v: the UNet predicts sqrt(a) eps - sqrt(1 - a) x0. Its x0 estimate stays bounded at high noise, where eps's is
-    # amplified by 1 / sqrt(a): a briefly trained eps model samples noise where a v model already gets colours right
-    prediction_type: Literal["epsilon", "v_prediction"] = "v_prediction"
+    # amplified by 1 / sqrt(a): a briefly trained eps model samples noise where a v model already gets colours right.
+    # sample: the UNet predicts x0 itself.
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "v_prediction"
 
 
 class OptimConfig(Section):

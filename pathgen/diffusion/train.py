@@ -59,7 +59,7 @@ def training_targets(target: torch.Tensor, space_name: str, patch_size: int, fli
 
 def diffusion_loss(model: nn.Module, noise_scheduler, x0: torch.Tensor, embeddings: torch.Tensor,
                    cond_drop_prob: float, precision) -> torch.Tensor:
-    """DDPM's loss at a random timestep: MSE between the UNet's prediction and eps (or v), in fp32.
+    """DDPM's loss at a random timestep: MSE between the UNet's prediction and eps (or v, or x0), in fp32.
 
     Each row's embedding is replaced by the null condition with probability cond_drop_prob, which teaches the
     same UNet the unconditional model classifier-free guidance needs.
@@ -68,8 +68,10 @@ def diffusion_loss(model: nn.Module, noise_scheduler, x0: torch.Tensor, embeddin
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(x0),), device=x0.device)
     drop = torch.rand(len(x0), device=x0.device) < cond_drop_prob
     noisy = noise_scheduler.add_noise(x0, noise, t)
-    eps = noise_scheduler.config.prediction_type == "epsilon"
-    goal = noise if eps else noise_scheduler.get_velocity(x0, noise, t)
+    kind = noise_scheduler.config.prediction_type
+    goal = {"epsilon": noise, "sample": x0}.get(kind)
+    if goal is None:
+        goal = noise_scheduler.get_velocity(x0, noise, t)
     with precision.autocast():
         pred = model(noisy, t, embeddings, drop)
     return F.mse_loss(pred.float(), goal.float())  # outside autocast: bf16 would round the small late losses
