@@ -9,6 +9,7 @@ from pathgen.cli import app
 
 TINY = [
     "cohort.n_slides=2", "cohort.width=1024", "cohort.height=768", "tile.workers=1", "labelled.n_per_class=20",
+    "labelled.n_slides=2",
     "ssl:run.max_steps=2", "ssl:data.batch_size=8", "ssl:data.num_workers=0",
 ]
 

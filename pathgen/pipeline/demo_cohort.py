@@ -1,10 +1,11 @@
 """A synthetic but real cohort: pyramidal Aperio SVS slides that OpenSlide opens, plus labels.csv.
 
-Tissue is scikit-image's bundled IHC micrograph (no download), tiled seamlessly and cut into irregular
-regions on white glass. "positive" slides also hold a few small regions of a second, clearly distinct
-texture (the same micrograph restained through HED colour deconvolution: dense, dark, purple), for the
-MIL stage. Everything is drawn from one seed, and slides are written tile by tile, so memory stays
-bounded even for a 40,000 x 30,000 benchmark slide.
+Tissue is procedural H&E (`demo_tissue`: no download) cut into irregular regions on glass: epithelium and
+stroma, and on "positive" slides a few lesion discs whose nuclei are larger, pleomorphic and disordered but
+whose colour distribution is the normal tissue's, so only morphology tells them apart (for the MIL stage and
+the demo's kNN check). Each slide has its own tissue and its own stain and scanner white balance. Everything
+is drawn from one seed, and slides are written tile by tile, so memory stays bounded even for a 40,000 x
+30,000 benchmark slide.
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import math
 import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 
 import numpy as np
+
+from pathgen.pipeline.demo_tissue import MORPHOLOGIES, PERIOD, TEXEL, Stain, stain_maps
 
 TileFn = Callable[[int, int, int, int], np.ndarray]
 
 _GLASS = (244, 243, 240)
 # Grid of the low-frequency field that shapes the tissue regions (cells along the long side).
 _FIELD_CELLS = 64
-_PERIOD = 1024  # textures repeat every _PERIOD level-0 pixels
+_GLASS_PERIOD = 1024  # the glass noise repeats every _GLASS_PERIOD level-0 pixels
+_COHORT_STREAM = 0  # random stream of the cohort's slide seeds ([seed, stream]); demo_patches uses another
 
 
 # --------------------------------------------------------------------------- SVS writing
@@ -153,42 +157,22 @@ def _thumbnail(image: np.ndarray, side: int = 768) -> np.ndarray:
     return np.asarray(im)
 
 
-# --------------------------------------------------------------------------- textures and layout
+# --------------------------------------------------------------------------- slides
 
 
 @cache
-def _textures() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(normal, lesion, glass noise) seamless 1024x1024 textures; the first two from the IHC micrograph.
-
-    Mirroring the 512x512 micrograph makes a tile that repeats without seams. The lesion texture is the
-    same tissue restained in HED space: hematoxylin boosted, DAB removed, eosin added, then zoomed
-    out 2x so it is both denser and a clearly different colour (dark purple instead of brown/blue).
-    """
-    from skimage import color, data
-
-    ihc = data.immunohistochemistry()
-    normal = _mirror(ihc)
-    h = color.rgb2hed(ihc)[..., 0]
-    restained = np.stack([h * 3.0 + 0.03, 0.5 * h + 0.02, np.zeros_like(h)], axis=-1)
-    lesion = (np.clip(color.hed2rgb(restained), 0, 1) * 255).astype(np.uint8)
-    lesion = _mirror(np.asarray(lesion[::2, ::2]))
-    lesion = np.tile(lesion, (2, 2, 1))  # back to 1024x1024, twice as many (smaller) nuclei per area
-    noise = np.random.default_rng(0).integers(-2, 3, (_PERIOD, _PERIOD, 1), dtype=np.int16)
-    # Stored 2x2 so that any window up to one period is a plain slice (a view), not a gather.
-    return tuple(np.tile(t, (2, 2, 1)) for t in (normal, lesion, noise))
+def _glass_noise() -> np.ndarray:
+    """A fixed periodic +-2 grey-level noise, stored 2x2 so that a window of up to one period is a plain slice."""
+    noise = np.random.default_rng(0).integers(-2, 3, (_GLASS_PERIOD, _GLASS_PERIOD, 1), dtype=np.int16)
+    return np.tile(noise, (2, 2, 1))
 
 
-def _mirror(img: np.ndarray) -> np.ndarray:
-    top = np.concatenate([img, img[:, ::-1]], axis=1)
-    return np.ascontiguousarray(np.concatenate([top, top[::-1]], axis=0))
-
-
-def _texture_at(tex2: np.ndarray, x: int, y: int, w: int, h: int, offset: tuple[int, int]) -> np.ndarray:
-    """The [h, w] window at (x, y) of a texture repeating every _PERIOD px (stored 2x2 as `tex2`)."""
-    x0, y0 = (x + offset[0]) % _PERIOD, (y + offset[1]) % _PERIOD
-    if w <= _PERIOD and h <= _PERIOD:
+def _periodic_window(tex2: np.ndarray, period: int, x: int, y: int, w: int, h: int) -> np.ndarray:
+    """The [h, w] window at (x, y) of a texture repeating every `period` px, stored 2x2 as `tex2`."""
+    x0, y0 = x % period, y % period
+    if w <= period and h <= period:
         return tex2[y0 : y0 + h, x0 : x0 + w]
-    return tex2[np.ix_((np.arange(h) + y0) % _PERIOD, (np.arange(w) + x0) % _PERIOD)]
+    return tex2[np.ix_((np.arange(h) + y0) % period, (np.arange(w) + x0) % period)]
 
 
 def _interp_weights(start: int, n: int, cell: float, size: int) -> tuple[int, np.ndarray]:
@@ -207,10 +191,13 @@ def _interp_weights(start: int, n: int, cell: float, size: int) -> tuple[int, np
 
 @dataclass
 class SyntheticSlide:
-    """A procedural slide: irregular tissue on glass, optional lesion blobs; `tile` renders any region.
+    """A procedural H&E slide: tissue regions on glass, epithelium and stroma, optional lesion discs.
 
-    The layout is a smooth random field on a coarse grid, bilinearly upsampled per tile, so a tile costs
-    the same whatever the slide size, and the same seed always gives the same pixels.
+    The layout (where tissue is, where it is stroma rather than epithelium) is a smooth random field on a coarse
+    grid, bilinearly upsampled per tile, so a tile costs the same whatever the slide size, and the same seed
+    always gives the same pixels. The tissue itself is `demo_tissue`'s: stain maps of the slide's own seed in
+    every morphology, rendered with the slide's own `Stain` (one lab, one scanner); lesions differ from normal
+    tissue in their nuclei, not in their colour.
     """
 
     width: int
@@ -219,9 +206,12 @@ class SyntheticSlide:
     positive: bool = False
     blank: bool = False
     tissue_cover: float = 0.45
+    lesion_radius: tuple[float, float] = (0.07, 0.12)  # lesion disc radii, as fractions of the short side
+    stain: Stain | None = None  # default: drawn from the seed
     layout: np.ndarray = field(init=False, repr=False)
+    kinds: np.ndarray = field(init=False, repr=False)  # > 0: stroma, < 0: epithelium
     cell: float = field(init=False)  # level-0 px per layout node
-    offset: tuple[int, int] = field(init=False)  # where this slide starts in the periodic textures
+    offset: tuple[int, int] = field(init=False)  # where this slide starts in its periodic textures (level-0 px)
     lesions: list[tuple[float, float, float]] = field(init=False, default_factory=list)  # (cx, cy, r) level 0
 
     def __post_init__(self) -> None:
@@ -236,27 +226,47 @@ class SyntheticSlide:
         noise = noise / noise.std() - 3.0 * np.maximum(np.abs(xx), np.abs(yy)) ** 4
         thr = np.quantile(noise, 1.0 - self.tissue_cover)
         self.layout = (noise - thr).astype(np.float32)  # > 0 is tissue
-        self.offset = tuple(int(v) for v in rng.integers(0, 1024, 2))
+        kinds = ndimage.gaussian_filter(rng.standard_normal((gh, gw)), sigma=3.0, mode="wrap")
+        self.kinds = (kinds / kinds.std()).astype(np.float32)
+        self.offset = tuple(int(v) for v in rng.integers(0, TEXEL * PERIOD, 2))
+        if self.stain is None:
+            self.stain = Stain.draw(rng)
         if self.positive:
             self.lesions = self._place_lesions(rng)
 
     def _place_lesions(self, rng: np.random.Generator) -> list[tuple[float, float, float]]:
-        """2-4 small discs centred deep inside tissue (field well above zero)."""
+        """3-5 discs centred deep inside tissue (field well above zero)."""
         deep = np.argwhere(self.layout > np.quantile(self.layout[self.layout > 0], 0.5))
         deep = deep[(deep[:, 0] * self.cell < self.height) & (deep[:, 1] * self.cell < self.width)]  # on the slide
-        n = int(rng.integers(2, 5))
+        n = int(rng.integers(3, 6))
         side = min(self.width, self.height)
         picks = deep[rng.choice(len(deep), size=n, replace=False)]
         return [
-            ((gx + 0.5) * self.cell, (gy + 0.5) * self.cell, float(rng.uniform(0.05, 0.09) * side))
+            ((gx + 0.5) * self.cell, (gy + 0.5) * self.cell, float(rng.uniform(*self.lesion_radius) * side))
             for gy, gx in picks
         ]
 
-    def _field_at(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Bilinear upsampling of the layout over a region, as two small matrix products."""
-        ry, wy = _interp_weights(y, h, self.cell, self.layout.shape[0])
-        rx, wx = _interp_weights(x, w, self.cell, self.layout.shape[1])
-        return wy @ self.layout[ry : ry + wy.shape[1], rx : rx + wx.shape[1]] @ wx.T
+    def _field_at(self, grid: np.ndarray, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Bilinear upsampling of a coarse-grid field over a region, as two small matrix products."""
+        ry, wy = _interp_weights(y, h, self.cell, grid.shape[0])
+        rx, wx = _interp_weights(x, w, self.cell, grid.shape[1])
+        return wy @ grid[ry : ry + wy.shape[1], rx : rx + wx.shape[1]] @ wx.T
+
+    @cached_property
+    def textures(self) -> dict[str, np.ndarray]:
+        """{morphology: uint8 RGB [2 PERIOD, 2 PERIOD, 3]}: this slide's tissue in texels, stored 2x2."""
+        maps = stain_maps(self.seed, PERIOD)
+        names = MORPHOLOGIES if self.positive else MORPHOLOGIES[:2]
+        return {name: np.tile(self.stain.render(*maps[name]), (2, 2, 1)) for name in names}
+
+    def _texture(self, name: str, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """float32 [h, w, 3] of a morphology over a level-0 region: texels repeated TEXEL x TEXEL."""
+        x0, y0 = x + self.offset[0], y + self.offset[1]
+        tx, ty = x0 // TEXEL, y0 // TEXEL
+        tw, th = -(-(x0 + w) // TEXEL) - tx, -(-(y0 + h) // TEXEL) - ty
+        texels = _periodic_window(self.textures[name], PERIOD, tx, ty, tw, th)
+        up = texels.repeat(TEXEL, axis=0).repeat(TEXEL, axis=1)
+        return up[y0 - ty * TEXEL : y0 - ty * TEXEL + h, x0 - tx * TEXEL : x0 - tx * TEXEL + w].astype(np.float32)
 
     def tile(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """uint8 RGB [h, w, 3] of the level-0 region at (x, y)."""
@@ -266,12 +276,11 @@ class SyntheticSlide:
         alpha = self.tissue_mask(x, y, w, h)
         if not alpha.any():
             return out
-        normal, lesion, _ = _textures()
-        tissue = _texture_at(normal, x, y, w, h, self.offset).astype(np.float32)
+        stroma = self.stroma_mask(x, y, w, h)[..., None]
+        tissue = self._texture("epithelium", x, y, w, h) * (1 - stroma) + self._texture("stroma", x, y, w, h) * stroma
         inside = self.lesion_mask(x, y, w, h)
         if inside.any():
-            lt = _texture_at(lesion, x, y, w, h, self.offset).astype(np.float32)
-            tissue += (lt - tissue) * inside[..., None]
+            tissue += (self._texture("lesion", x, y, w, h) - tissue) * inside[..., None]
         a = alpha[..., None]
         return (tissue * a + out * (1 - a)).round().astype(np.uint8)
 
@@ -279,7 +288,12 @@ class SyntheticSlide:
         """Ground truth: float [h, w] in [0, 1], how much of each level-0 pixel is tissue (vs glass)."""
         if self.blank:
             return np.zeros((h, w), np.float32)
-        return np.clip(self._field_at(x, y, w, h) * 4.0, 0.0, 1.0)  # soft tissue edge over ~1/4 field unit
+        return np.clip(self._field_at(self.layout, x, y, w, h) * 4.0, 0.0, 1.0)  # soft edge over ~1/4 field unit
+
+    def stroma_mask(self, x: int, y: int, w: int, h: int) -> np.ndarray:
+        """Ground truth: float [h, w] in [0, 1], how much of the normal tissue is stroma (the rest is epithelium)."""
+        # a sharp border: blending two textures would lower the contrast of normal tissue, a colour cue
+        return np.clip(self._field_at(self.kinds, x, y, w, h) * 30.0 + 0.5, 0.0, 1.0)
 
     def lesion_mask(self, x: int, y: int, w: int, h: int) -> np.ndarray:
         """Ground truth: float [h, w] in [0, 1], how much of each level-0 pixel shows the lesion texture.
@@ -295,19 +309,25 @@ class SyntheticSlide:
             dy = np.arange(y, y + h, dtype=np.float32)[:, None]
             for cx, cy, r in near:
                 d = np.sqrt((dx - cx) ** 2 + (dy - cy) ** 2) / r
-                inside = np.maximum(inside, np.clip((1.0 - d) * 8.0, 0.0, 1.0))  # sharp-ish rim, 1/8 of r
+                inside = np.maximum(inside, np.clip((1.0 - d) * 40.0, 0.0, 1.0))  # sharp rim, 1/40 of r
         return inside
 
     def _glass(self, x: int, y: int, w: int, h: int) -> np.ndarray:
-        """Slightly warm, slightly noisy glass, like a real scan's background (and a fair test for Otsu).
+        """Slightly warm, slightly noisy glass under this slide's scanner light (and a fair test for Otsu).
 
         The noise is a fixed periodic texture, so a region renders the same whether drawn whole or in tiles.
         """
-        noise = _texture_at(_textures()[2], x, y, w, h, self.offset)
-        return (np.array(_GLASS, np.int16) + noise).astype(np.uint8)
+        noise = _periodic_window(_glass_noise(), _GLASS_PERIOD, x + self.offset[0], y + self.offset[1], w, h)
+        glass = np.round(np.array(_GLASS) * np.array(self.stain.white)).astype(np.int16)
+        return (glass + noise).astype(np.uint8)
 
 
 # --------------------------------------------------------------------------- public entry points
+
+
+def cohort_slide_seeds(seed: int, n_slides: int) -> list[int]:
+    """The slide seeds of `make_demo_cohort(seed=seed)`; `demo_patches` draws its held-out slides elsewhere."""
+    return [int(s) for s in np.random.default_rng([seed, _COHORT_STREAM]).integers(2**31, size=n_slides)]
 
 
 def make_demo_cohort(
@@ -325,13 +345,12 @@ def make_demo_cohort(
     the name its store and feature files get, so it is also a labels file for `pathgen mil train`.
     """
     out_dir = Path(out_dir)
-    rng = np.random.default_rng(seed)
     positive = np.arange(n_slides) < (n_slides + 1) // 2
-    rng.shuffle(positive)
+    np.random.default_rng(seed).shuffle(positive)
     rows = []
-    for i, pos in enumerate(positive):
+    for i, (pos, slide_seed) in enumerate(zip(positive, cohort_slide_seeds(seed, n_slides), strict=True)):
         rel = Path("slides") / f"slide_{i:03d}.svs"
-        synth = SyntheticSlide(width, height, seed=int(rng.integers(2**31)), positive=bool(pos))
+        synth = SyntheticSlide(width, height, seed=slide_seed, positive=bool(pos))
         write_svs(out_dir / rel, width, height, synth.tile, mpp=mpp, magnification=round(10.0 / mpp, 2))
         rows.append({"slide": rel.as_posix(), "slide_id": rel.stem, "label": "positive" if pos else "negative"})
     labels = out_dir / "labels.csv"
@@ -340,95 +359,6 @@ def make_demo_cohort(
         writer.writeheader()
         writer.writerows(rows)
     return labels
-
-
-def make_demo_patches(
-    out_dir: str | Path,
-    n_per_class: int = 50,
-    size: int = 64,
-    seed: int = 0,
-    *,
-    n_slides: int = 4,
-    width: int = 4096,
-    height: int = 3072,
-    slide_mpp: float = 0.25,
-    mpp: float = 0.5,
-    min_lesion: float = 0.25,
-    min_tissue: float = 0.5,
-    stain: tuple[float, float] = (0.3, 0.04),
-    brightness: float = 0.15,
-    hue: float = 0.06,
-) -> Path:
-    """A labelled ImageFolder `out_dir/{normal,lesion}/*.png` cut from held-out demo slides, plus ground_truth.csv.
-
-    The slides are `SyntheticSlide`s like the demo cohort's, all positive, with slide seeds drawn from `seed`
-    in a different order than `make_demo_cohort` draws them (for seeds 0-4 none coincides with the cohort's, so
-    the demo evaluates on slides its encoder never saw). Patches are `size` px at `mpp` um/px (the demo tiles 64 px at
-    0.5 mpp), area-averaged from `slide_mpp` like a tiler reading level 0. Labels come from the slides'
-    ground truth: "lesion" if at least `min_lesion` of the patch is lesion texture (so border patches that are
-    mostly normal tissue count), "normal" if none of it is; both need `min_tissue` tissue. Every patch gets its
-    own stain and scanner variation, as if from a different lab: HED jitter (`stain` = (alpha, beta) of
-    `HEDJitter`), brightness x U(1 -/+ `brightness`) and a hue shift of U(-/+ `hue`) turns, so that colour alone
-    is a weaker cue than in a single-lab set. ground_truth.csv records where each patch came from.
-    """
-    import torch
-    from PIL import Image
-    from torchvision.transforms.v2 import functional as TF
-
-    from pathgen.data.augment import HEDJitter
-
-    out_dir = Path(out_dir)
-    rng = np.random.default_rng(seed)
-    scale = round(mpp / slide_mpp)
-    if scale < 1 or not math.isclose(scale * slide_mpp, mpp):
-        raise ValueError(f"mpp {mpp} must be a whole multiple of slide_mpp {slide_mpp}")
-    side = size * scale  # level-0 px
-    slides = [SyntheticSlide(width, height, seed=int(rng.integers(2**31)), positive=True) for _ in range(n_slides)]
-    jitter = HEDJitter(*stain)
-
-    def cover(s: SyntheticSlide, x: int, y: int) -> tuple[float, float]:
-        tissue = s.tissue_mask(x, y, side, side)
-        return float(tissue.mean()), float((s.lesion_mask(x, y, side, side) * tissue).mean())
-
-    def draw(label: str) -> tuple[int, int, int, float, float]:
-        """Rejection-sample one patch position of the class; lesion patches are drawn around a lesion disc."""
-        for _ in range(10_000):
-            k = int(rng.integers(n_slides))
-            s = slides[k]
-            if label == "lesion":
-                cx, cy, r = s.lesions[int(rng.integers(len(s.lesions)))]
-                x, y = (int(v - side / 2 + rng.uniform(-r - side / 2, r + side / 2)) for v in (cx, cy))
-            else:
-                x, y = int(rng.integers(0, width - side)), int(rng.integers(0, height - side))
-            if not (0 <= x <= width - side and 0 <= y <= height - side):
-                continue
-            tissue, lesion = cover(s, x, y)
-            if tissue >= min_tissue and (lesion >= min_lesion if label == "lesion" else lesion == 0.0):
-                return k, x, y, tissue, lesion
-        raise RuntimeError(f"could not place a {label} patch; are the slides large enough for {side} px patches?")
-
-    rows = []
-    for label in ("normal", "lesion"):
-        (out_dir / label).mkdir(parents=True, exist_ok=True)
-        for i in range(n_per_class):
-            k, x, y, tissue, lesion = draw(label)
-            img = Image.fromarray(slides[k].tile(x, y, side, side)).reduce(scale)
-            t = TF.to_dtype(TF.to_image(img), torch.float32, scale=True)
-            a = torch.from_numpy(rng.uniform(1 - stain[0], 1 + stain[0], 3)).float()
-            b = torch.from_numpy(rng.uniform(-stain[1], stain[1], 3)).float()
-            t = jitter.jitter(t, a, b) * float(rng.uniform(1 - brightness, 1 + brightness))
-            t = TF.adjust_hue(t.clamp(0, 1), float(rng.uniform(-hue, hue)))
-            name = f"{label}_{i:04d}.png"
-            Image.fromarray((t.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8)).save(out_dir / label / name)
-            rows.append(
-                {"path": f"{label}/{name}", "label": label, "slide_seed": slides[k].seed, "x": x, "y": y,
-                 "size_level0": side, "tissue_fraction": round(tissue, 4), "lesion_fraction": round(lesion, 4)}
-            )
-    with (out_dir / "ground_truth.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    return out_dir
 
 
 def make_large_slide(path: str | Path, width: int = 40000, height: int = 30000, seed: int = 0) -> Path:

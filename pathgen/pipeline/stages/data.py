@@ -9,7 +9,7 @@ from pathgen.store.pack import DEFAULT_PER_STORE
 
 
 class CohortParams(Section):
-    n_slides: int = 6  # half "positive" (small lesion-texture regions), half "negative"
+    n_slides: int = 6  # half "positive" (lesion regions), half "negative"
     seed: int = 0
     width: int = 4096  # level-0 pixels at `mpp`
     height: int = 3072
@@ -23,13 +23,14 @@ def run_cohort(ctx: StepContext) -> None:
 
 
 class PatchesParams(Section):
-    n_per_class: int = 300  # labelled normal / lesion patches cut from held-out slides
+    n_per_class: int = 200  # labelled normal / lesion patches per split, cut from held-out slides
+    n_slides: int = 8  # held-out slides: half give the train patches, the other half the test patches
     size: int = 64
     seed: int = 0
 
 
 def run_patches(ctx: StepContext) -> None:
-    from pathgen.pipeline.demo_cohort import make_demo_patches
+    from pathgen.pipeline.demo_patches import make_demo_patches
 
     make_demo_patches(ctx.dir / "patches", **ctx.params.model_dump())
 
@@ -93,7 +94,8 @@ def run_pack(ctx: StepContext) -> None:
 
 STAGES = {
     "demo-cohort": Stage(CohortParams, {"labels": "labels.csv"}, run_cohort),
-    "demo-patches": Stage(PatchesParams, {"patches": "patches"}, run_patches),
+    "demo-patches": Stage(PatchesParams, {"patches": "patches", "train": "patches/train", "test": "patches/test"},
+                          run_patches),
     "tile": Stage(TileParams, {"manifest": "manifest.csv", "dir": "."}, run_tile, inputs=("slides", "roi")),
     "pack": Stage(PackParams, {"manifest": "manifest.csv", "dir": "."}, run_pack, inputs=("images",)),
 }
