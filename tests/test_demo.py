@@ -9,7 +9,7 @@ from pathgen.cli import app
 
 TINY = [
     "cohort.n_slides=2", "cohort.width=1024", "cohort.height=768", "tile.workers=1", "labelled.n_per_class=20",
-    "labelled.n_slides=2",
+    "labelled.n_slides=2", "labelled.width=1024", "labelled.height=768",
     "ssl:run.max_steps=2", "ssl:data.batch_size=8", "ssl:data.num_workers=0",
 ]
 
@@ -25,6 +25,8 @@ def test_demo_runs_every_step_and_reuses_them(tmp_path):
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["knn"]) == {"random", "dino"} and all(0 <= v <= 100 for v in summary["knn"].values())
     assert summary["patches"] > 0 and summary["seconds"] > 0
+    assert summary["n_test"] == 2 * 20  # the labelled step's own test folder (held-out slides), not a split of train
+    assert (out / "labelled" / "patches" / "examples.png").is_file()
     record = json.loads((out / "pipeline.json").read_text())
     assert [s["status"] for s in record["steps"].values()] == ["done"] * 5
 

@@ -32,7 +32,8 @@ def summarize(run_dir: Path, seconds: float) -> dict:
 
         summary["patches"] = sum(r.n_patches for r in read_manifest(manifest) if r.status != "failed")
     summary["pictures"] = {name: str(p) for name, p in (
-        ("qc", run_dir / "tile" / "qc"), ("views", run_dir / "ssl" / "views.png")) if p.exists()}
+        ("qc", run_dir / "tile" / "qc"), ("views", run_dir / "ssl" / "views.png"),
+        ("labelled examples", run_dir / "labelled" / "patches" / "examples.png")) if p.exists()}
     return summary
 
 

@@ -117,4 +117,22 @@ def make_demo_patches(
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
+    examples_picture(out_dir).save(out_dir / "examples.png")
     return out_dir
+
+
+def examples_picture(patches: str | Path, n: int = 8, split: str = "train", zoom: int = 2):
+    """A PIL picture of the task: the first `n` normal patches of `split` in one row, its first `n` lesion patches
+    below, each `zoom` x."""
+    import torch
+    from PIL import Image
+
+    from pathgen.data.augment import rows_picture
+
+    def tensor(path: Path) -> torch.Tensor:
+        img = Image.open(path).convert("RGB")
+        img = img.resize((img.width * zoom, img.height * zoom), Image.Resampling.NEAREST)  # pixels stay pixels
+        return torch.from_numpy(np.array(img)).permute(2, 0, 1).float() / 255
+
+    rows = [[tensor(p) for p in sorted((Path(patches) / split / label).glob("*.png"))[:n]] for label in CLASSES]
+    return rows_picture(rows, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))

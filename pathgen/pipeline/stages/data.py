@@ -25,7 +25,9 @@ def run_cohort(ctx: StepContext) -> None:
 class PatchesParams(Section):
     n_per_class: int = 200  # labelled normal / lesion patches per split, cut from held-out slides
     n_slides: int = 8  # held-out slides: half give the train patches, the other half the test patches
-    size: int = 64
+    width: int = 4096  # of each held-out slide, level-0 pixels at 0.25 mpp
+    height: int = 3072
+    size: int = 64  # patch side at 0.5 mpp
     seed: int = 0
 
 
@@ -94,8 +96,8 @@ def run_pack(ctx: StepContext) -> None:
 
 STAGES = {
     "demo-cohort": Stage(CohortParams, {"labels": "labels.csv"}, run_cohort),
-    "demo-patches": Stage(PatchesParams, {"patches": "patches", "train": "patches/train", "test": "patches/test"},
-                          run_patches),
+    "demo-patches": Stage(PatchesParams, {"patches": "patches", "train": "patches/train", "test": "patches/test",
+                                          "examples": "patches/examples.png"}, run_patches),
     "tile": Stage(TileParams, {"manifest": "manifest.csv", "dir": "."}, run_tile, inputs=("slides", "roi")),
     "pack": Stage(PackParams, {"manifest": "manifest.csv", "dir": "."}, run_pack, inputs=("images",)),
 }
