@@ -119,15 +119,15 @@ def test_rejects_an_odd_number_of_slides(tmp_path):
         make_demo_patches(tmp_path, **dict(SMALL, n_slides=3))
 
 
-def test_the_knn_step_reads_the_labelled_steps_own_train_and_test_folders(tmp_path):
-    """demo.yaml's labelled -> knn wiring on a tiny encoder: the kNN is scored on the held-out test slides."""
+def test_the_compare_step_reads_the_labelled_steps_own_train_and_test_folders(tmp_path):
+    """demo.yaml's labelled -> compare wiring on a tiny encoder: the kNN is scored on the held-out test slides."""
     from pathgen.pipeline.runner import Pipeline
     from pathgen.pipeline.spec import load_pipeline
     from pathgen.ssl.export import create_backbone, export_encoder
 
     demo = load_pipeline("pipelines/demo.yaml")
-    assert demo.steps["knn"].with_["train"] == ["${labelled.train}"]
-    assert demo.steps["knn"].with_["test"] == ["${labelled.test}"]
+    assert demo.steps["compare"].with_["train"] == ["${labelled.train}"]
+    assert demo.steps["compare"].with_["test"] == ["${labelled.test}"]
     kwargs = {"depth": 1, "embed_dim": 32, "num_heads": 2, "patch_size": 8}
     export_encoder(create_backbone("vit_tiny_patch16_224", 32, kwargs), tmp_path / "enc", "vit_tiny_patch16_224",
                    kwargs, 32, (0.5,) * 3, (0.5,) * 3)
@@ -136,8 +136,8 @@ steps:
   labelled:
     uses: demo-patches
     with: {{n_per_class: 5, n_slides: 2, width: 1024, height: 768, size: 32, seed: 0}}
-  knn:
-    uses: eval-knn
+  compare:
+    uses: eval-compare
     with:
       encoders: {{random: "random:{tmp_path / 'enc'}", trained: "{tmp_path / 'enc'}"}}
       train: ["${{labelled.train}}"]
@@ -145,5 +145,5 @@ steps:
       k: 3
 """)
     Pipeline(tmp_path / "p.yaml", tmp_path / "run").run()
-    knn = json.loads((tmp_path / "run" / "knn" / "knn.json").read_text())
-    assert {r["n_test"] for r in knn.values()} == {10}  # 5 per class from the test slide, not a split of train
+    table = json.loads((tmp_path / "run" / "compare" / "compare.json").read_text())
+    assert {r["n_test"] for r in table["rows"]} == {10}  # 5 per class from the test slide, not a split of train

@@ -14,7 +14,8 @@ from pathgen.errors import StoreError
 from pathgen.slide.tiler import tile_cohort
 from pathgen.store import PatchStoreWriter, find_stores, open_store
 
-TILE = dict(mpp=0.25, patch_size=64, workers=0)  # level 0 of the demo slides: patches are exactly read_region output
+# level 0 of the demo slides, stored losslessly: the patches are read_region output (JPEG would re-encode them)
+TILE = dict(mpp=0.25, patch_size=64, workers=0, codec="lossless")
 
 
 @pytest.fixture(scope="module", params=["zarr", "h5"])
