@@ -21,13 +21,13 @@ sides alternate over --rounds rounds and the medians are printed. Needs `pip ins
 
 import argparse
 import csv
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import run_measured  # noqa: E402
 
 N_TRAIN, N_VAL, N_TEST = 1000, 20, 20
 
@@ -110,23 +110,8 @@ print(json.dumps({"epoch_seconds": seconds}))
 
 def run_side(code: str, args: list[str]) -> tuple[list[float], float]:
     """(per-epoch seconds, peak memory of the process tree in GiB: the sum of PSS) of one fresh subprocess."""
-    import psutil
-
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            tree = [root, *root.children(recursive=True)]
-            # PSS: pages the workers share with the main process (torch itself) count once, not once per process
-            peak = max(peak, sum(p.memory_full_info().pss for p in tree if p.is_running()))
-        except psutil.Error:
-            pass
-        time.sleep(0.05)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(err[-3000:])
-    return json.loads(out.strip().splitlines()[-1])["epoch_seconds"], peak / 2**30
+    m = run_measured([sys.executable, "-c", code, *args], memory="pss", interval=0.05)
+    return m.last_json()["epoch_seconds"], m.peak_gib
 
 
 def main() -> None:

@@ -19,13 +19,14 @@ Needs the bench extra (psutil).
 """
 
 import argparse
-import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import run_measured  # noqa: E402
 
 PACK = """
 import json, shutil, sys, time
@@ -81,22 +82,9 @@ def make_folder(root: Path, per_class: int) -> Path:
 
 
 def run_side(code: str, args: list[str]) -> tuple[float, float]:
-    """(seconds the side reports, peak RSS in MiB of its process) of one fresh subprocess."""
-    import psutil
-
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        try:
-            peak = max(peak, sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]))
-        except psutil.Error:
-            pass
-        time.sleep(0.02)
-    out, err = proc.communicate()
-    if proc.returncode != 0:
-        raise RuntimeError(err[-3000:])
-    return json.loads(out.strip().splitlines()[-1])["seconds"], peak / 2**20
+    """(seconds the side reports, peak RSS in MiB of its process tree) of one fresh subprocess."""
+    m = run_measured([sys.executable, "-c", code, *args])
+    return m.last_json()["seconds"], m.peak_gib * 1024
 
 
 def main() -> None:

@@ -20,7 +20,6 @@ Synthetic slides are written once with pathgen.pipeline.demo_cohort.make_large_s
 import argparse
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import textwrap
@@ -28,6 +27,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from measure import Measured, run_measured  # noqa: E402
 
 TILE_ARGS = ["--mpp", "0.25", "--patch-size", "256"]
 
@@ -50,38 +52,10 @@ def cached_slide(cache: Path, width: int, height: int, tile: int = 256) -> Path:
     return path
 
 
-def run_measured(cmd: list[str]) -> tuple[float, float, float]:
-    """(wall seconds, peak RSS GiB summed over the process tree, CPU seconds of the tree) for one command.
-
-    The tree is sampled every 20 ms; each process counts with the last CPU time seen for it.
-    """
-    import psutil
-
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    root, peak, cpu = psutil.Process(proc.pid), 0, {}
-    while proc.poll() is None:
-        try:
-            rss = 0
-            for p in [root, *root.children(recursive=True)]:
-                with p.oneshot():
-                    rss += p.memory_info().rss
-                    times = p.cpu_times()
-                    cpu[p.pid] = times.user + times.system
-            peak = max(peak, rss)
-        except psutil.Error:  # a process ended between listing and reading it
-            pass
-        time.sleep(0.02)
-    seconds = time.perf_counter() - t0
-    if proc.returncode != 0:
-        sys.exit(f"failed ({proc.returncode}): {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
-    return seconds, peak / 2**30, sum(cpu.values())
-
-
-def _over_rounds(results: list[tuple[float, float, float]]) -> tuple[float, float, float]:
+def _over_rounds(results: list[Measured]) -> tuple[float, float, float]:
     """Median wall seconds, largest peak RSS, median CPU seconds over the rounds of one run."""
-    wall, rss, cpu = zip(*results, strict=True)
-    return float(np.median(wall)), max(rss), float(np.median(cpu))
+    return (float(np.median([r.seconds for r in results])), max(r.peak_gib for r in results),
+            float(np.median([r.cpu_seconds for r in results])))
 
 
 def tile_cmd(slide: Path, out: Path, workers: int, *extra: str) -> list[str]:
@@ -227,7 +201,7 @@ def main() -> None:
                 os.sync()  # flush this run's output now, so the kernel's writeback does not eat into the next run
                 print(f"  round {r + 1}: {name:<10}{times[name][-1][0]:7.1f} s", flush=True)
         med = {k: _over_rounds(v) for k, v in times.items()}
-        small_s, small_rss, _ = run_measured(tile_cmd(small, tmp / "small", 1))
+        small_s, small_rss = run_measured(tile_cmd(small, tmp / "small", 1))[:2]
         stores = {k: tmp / k / f"{big.stem}.zarr" for k in tiles}
         with open_store(stores["j1"]) as a, open_store(stores["j2"]) as b, open_store(stores["openslide"]) as c:
             assert len(a) == len(b) == len(c) == n and (a.coords == b.coords).all() and (a.coords == c.coords).all()

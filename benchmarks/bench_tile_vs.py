@@ -3,7 +3,7 @@
     python benchmarks/bench_tile_vs.py /path/to/other/checkout SLIDE [--rounds 5] [--workers 1 2]
 
 Each run is a fresh `pathgen tile --mpp 0.25 --patch-size 256` subprocess with PYTHONPATH set to one checkout,
-timed and CPU-metered over its whole process tree (bench_tile.run_measured); the order alternates every round.
+timed and CPU-metered over its whole process tree (measure.run_measured); the order alternates every round.
 Prints medians and the ratios this / other in patches/s and in CPU-s per patch.
 """
 
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_tile import run_measured  # noqa: E402
+from measure import run_measured  # noqa: E402
 
 HERE = Path(__file__).resolve().parents[1]
 
@@ -40,7 +40,7 @@ def main() -> None:
                     cmd = ["env", f"PYTHONPATH={trees[name]}", "OMP_NUM_THREADS=1", sys.executable, "-c",
                            "from pathgen.cli import app; app()", "tile", str(args.slide), "--out", str(out),
                            "--mpp", "0.25", "--patch-size", "256", "-j", str(workers)]  # fmt: skip
-                    wall, _, cpu = run_measured(cmd)
+                    wall, _, cpu, _ = run_measured(cmd)
                     n = int((out / "manifest.csv").read_text().splitlines()[1].split(",")[2])
                     results.setdefault((name, workers), []).append((wall, cpu, n))
                     subprocess.run(["sync"], check=False)
