@@ -36,13 +36,9 @@ def run_knn(ctx: StepContext) -> None:
     write_json(ctx.dir / "knn.json", results)
 
 
-class CompareParams(Section):
-    encoders: dict[str, str]  # display name -> encoder spec (an export, random:<export> or timm:<name>)
-    train: list[str]
-    test: list[str] = []
-    test_fraction: float = 0.3
-    seed: int = 0
-    k: int = 20
+class CompareParams(KnnParams):
+    """eval-knn's settings, and how the images are fed to both probes."""
+
     img_size: int | None = None  # default: each encoder's own input size
     batch_size: int = 64
     workers: int = 0  # DataLoader workers decoding the images
