@@ -25,14 +25,20 @@ def gensis_config(path: Path | None, overrides: list[str], out: Path) -> BaseMod
     return cfg
 
 
-def run_ssl(ctx: StepContext) -> None:
+def _run_trainer(train, ctx: StepContext) -> None:
+    """Train from the step's resolved config, resuming its own last checkpoint; leave torchrun's group cleanly."""
     from pathgen.runtime.distributed import cleanup
-    from pathgen.ssl.trainer import train
 
     try:
         train(ctx.config, resume="auto")
     finally:
         cleanup()
+
+
+def run_ssl(ctx: StepContext) -> None:
+    from pathgen.ssl.trainer import train
+
+    _run_trainer(train, ctx)
 
 
 def diffusion_config(path: Path | None, overrides: list[str], out: Path) -> BaseModel:
@@ -43,12 +49,8 @@ def diffusion_config(path: Path | None, overrides: list[str], out: Path) -> Base
 
 def run_diffusion(ctx: StepContext) -> None:
     from pathgen.diffusion.train import train_diffusion
-    from pathgen.runtime.distributed import cleanup
 
-    try:
-        train_diffusion(ctx.config, resume="auto")
-    finally:
-        cleanup()
+    _run_trainer(train_diffusion, ctx)
 
 
 class GenerateParams(Section):
