@@ -3,8 +3,8 @@
     table = compare_encoders(["runs/ssl", "runs/gensis", "random:runs/ssl"], train=["patches/"])
     write_table(table, "compare")          # compare.json (with every run's full results) and compare.csv
 
-Each encoder goes through `pathgen.eval.run.evaluate_encoder` twice, for kNN and for the linear probe, with the
-same data, split and seed, so the rows differ by the encoder only.
+Each encoder's images are encoded once (`pathgen.eval.run.evaluate_methods`) and scored by kNN and by the linear
+probe, with the same data, split and seed for every encoder, so the rows differ by the encoder only.
 """
 
 import csv
@@ -35,14 +35,13 @@ def compare_encoders(
     """{"rows": one dict of COLUMNS per encoder (accuracies as fractions), "k", the data, "runs": the full
     evaluate_encoder payloads by encoder and method}."""
     from pathgen import __version__
-    from pathgen.eval.run import evaluate_encoder
+    from pathgen.eval.run import evaluate_methods
 
     options = dict(img_size=img_size, batch_size=batch_size, workers=workers, test_fraction=test_fraction, seed=seed,
                    device=device, progress=progress)
     rows, runs = [], {}
     for encoder in encoders:
-        knn = evaluate_encoder("knn", encoder, train, test, ks=(k,), **options)
-        linear = evaluate_encoder("linear", encoder, train, test, **options)
+        knn, linear = evaluate_methods(("knn", "linear"), encoder, train, test, ks=(k,), **options).values()
         runs[encoder] = {"knn": knn, "linear": linear}
         rows.append({"encoder": encoder, "knn_top1": knn["top1"], "knn_balanced_acc": knn["balanced_acc"],
                      "linear_top1": linear["top1"], "linear_balanced_acc": linear["balanced_acc"],
