@@ -28,6 +28,7 @@ def prepare(work: Path, n_slides: int, patch_size: int, mpp: float) -> Path:
     from pathgen.pipeline.demo_cohort import make_demo_cohort
     from pathgen.slide.tiler import tile_cohort
 
+    work = work / f"{n_slides}slides_{patch_size}px_{mpp}mpp"  # one cache per cohort, so a flag never reuses another
     labels = work / "cohort" / "labels.csv"
     if not labels.exists():
         make_demo_cohort(work / "cohort", n_slides=n_slides)
@@ -86,7 +87,7 @@ def main() -> None:
     args = ap.parse_args()
 
     manifest = prepare(args.work, args.slides, args.patch_size, args.mpp)
-    out = args.work / "out"
+    out = manifest.parent.parent / "out"
     print(f"stores: {manifest}; torch threads {torch.get_num_threads()}, {args.workers} DataLoader worker(s)")
 
     e2e, bare, one, two, timings, cpu = [], [], [], [], [], {"bare": [], "e2e": [], "one": [], "two": []}

@@ -35,3 +35,17 @@ def test_one_table_of_knn_and_linear_probe_for_several_encoders(folder, tmp_path
                              progress=False)
     assert table["rows"][1]["knn_top1"] == alone["top1"] and table["runs"][ENCODERS[1]]["knn"]["n_test"] == alone[
         "n_test"]
+
+
+def test_one_progress_display_for_all_encoders(folder, capsys, monkeypatch):  # noqa: F811
+    """In a log (not a terminal) the comparison is one bar counting every encoder's images, not a bar per encode."""
+    from pathgen.eval.compare import compare_encoders
+
+    monkeypatch.setenv("PATHGEN_PROGRESS_SECONDS", "0")  # a line per update, so every bar that exists shows
+    table = compare_encoders(ENCODERS, [str(folder)], img_size=32, batch_size=8, device="cpu")
+    err = capsys.readouterr().err
+    assert "features" not in err  # the per-encode bars of extract_features
+    lines = [line for line in err.splitlines() if line.startswith("compare")]
+    n_images = sum(row["n_train"] + row["n_test"] for row in table["rows"])
+    assert lines and f"{n_images}img" in lines[-1].replace(" ", "")
+    assert "encoder 2/2" in lines[-1]

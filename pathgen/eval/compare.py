@@ -33,19 +33,23 @@ def compare_encoders(
     progress: bool = True,
 ) -> dict:
     """{"rows": one dict of COLUMNS per encoder (accuracies as fractions), "k", the data, "runs": the full
-    evaluate_encoder payloads by encoder and method}."""
+    evaluate_encoder payloads by encoder and method}. One progress display counts the images of all encoders."""
     from pathgen import __version__
     from pathgen.eval.run import evaluate_methods
+    from pathgen.runtime.progress import progress_bar
 
+    bar = progress_bar(desc="compare", unit="img", disable=not progress)
     options = dict(img_size=img_size, batch_size=batch_size, workers=workers, test_fraction=test_fraction, seed=seed,
-                   device=device, progress=progress)
+                   device=device, progress=progress, bar=bar)
     rows, runs = [], {}
-    for encoder in encoders:
-        knn, linear = evaluate_methods(("knn", "linear"), encoder, train, test, ks=(k,), **options).values()
-        runs[encoder] = {"knn": knn, "linear": linear}
-        rows.append({"encoder": encoder, "knn_top1": knn["top1"], "knn_balanced_acc": knn["balanced_acc"],
-                     "linear_top1": linear["top1"], "linear_balanced_acc": linear["balanced_acc"],
-                     "feature_dim": knn["feature_dim"], "n_train": knn["n_train"], "n_test": knn["n_test"]})
+    with bar:
+        for i, encoder in enumerate(encoders):
+            bar.set_postfix_str(f"encoder {i + 1}/{len(encoders)}", refresh=False)
+            knn, linear = evaluate_methods(("knn", "linear"), encoder, train, test, ks=(k,), **options).values()
+            runs[encoder] = {"knn": knn, "linear": linear}
+            rows.append({"encoder": encoder, "knn_top1": knn["top1"], "knn_balanced_acc": knn["balanced_acc"],
+                         "linear_top1": linear["top1"], "linear_balanced_acc": linear["balanced_acc"],
+                         "feature_dim": knn["feature_dim"], "n_train": knn["n_train"], "n_test": knn["n_test"]})
     first = runs[encoders[0]]["knn"] if encoders else {}
     return {"k": k, "train": [str(s) for s in train], "test": first.get("test"), "classes": first.get("classes"),
             "seed": seed, "pathgen_version": __version__, "rows": rows, "runs": runs}

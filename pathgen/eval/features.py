@@ -18,11 +18,14 @@ def extract_features(
     num_workers: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
+    bar=None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw (not normalised) float32 CPU features [N, D] and int64 labels [N], in dataset order.
 
     The dataset must yield (preprocessed image tensor, label). The model runs in eval mode (its previous mode
     is restored afterwards, so the trainer can pass its teacher) on `device`, by default where it already is.
+    `bar`: a progress bar of the caller's to count the images on (one display for several encodings); without
+    it, and with `progress`, this call shows its own.
     """
     if device is None:  # stay where the model is (CPU for a parameter-free model)
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -38,16 +41,19 @@ def extract_features(
     was_training = model.training
     model.eval().to(device)
     features, labels = [], []
-    bar = progress_bar(total=len(loader), desc="features", unit="batch", disable=not progress, leave=False)
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(total=len(dataset), desc="features", unit="img", disable=not progress, leave=False)
     try:
         for images, targets in loader:
             with autocast(device):
                 out = model(images.to(device, non_blocking=True))
             features.append(out.float().cpu())
             labels.append(torch.as_tensor(targets, dtype=torch.long))
-            bar.update()
+            bar.update(len(images))
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
         model.train(was_training)
     if not features:
         raise PathgenError("no samples to extract features from (the dataset is empty)")
@@ -73,13 +79,15 @@ def encode_splits(
     num_workers: int = 0,
     device: torch.device | str | None = None,
     progress: bool = True,
+    bar=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Features and labels of a train and a test set, with test labels numbered like the train classes."""
+    """Features and labels of a train and a test set, with test labels numbered like the train classes.
+    `bar`: as for `extract_features`."""
     from pathgen.data.datasets import align_labels, dataset_classes
 
     train_set, test_set = _as_dataset(train_set, transform), _as_dataset(test_set, transform)
-    train_x, train_y = extract_features(model, train_set, batch_size, num_workers, device, progress)
-    test_x, test_y = extract_features(model, test_set, batch_size, num_workers, device, progress)
+    train_x, train_y = extract_features(model, train_set, batch_size, num_workers, device, progress, bar)
+    test_x, test_y = extract_features(model, test_set, batch_size, num_workers, device, progress, bar)
     test_y = align_labels(test_y, dataset_classes(test_set), dataset_classes(train_set))
     for name, y in (("train", train_y), ("test", test_y)):
         if (y < 0).any():

@@ -42,8 +42,10 @@ def evaluate_methods(
     seed: int = 0,
     device: str | None = None,
     progress: bool = True,
+    bar=None,
 ) -> dict[str, dict]:
-    """{method: what `evaluate_encoder` returns for it}, the images encoded once for all of `methods`."""
+    """{method: what `evaluate_encoder` returns for it}, the images encoded once for all of `methods`.
+    `bar`: a progress bar of the caller's that counts the encoded images (see `extract_features`)."""
     from pathgen import __version__
     from pathgen.data.datasets import build_dataset, dataset_classes, split_stratified
     from pathgen.eval.encoders import resolve_encoder
@@ -61,7 +63,8 @@ def evaluate_methods(
         train_set, test_set = split_stratified(train_set, test_fraction=test_fraction, seed=seed)
     dev = get_device(device)
     train_x, train_y, test_x, test_y = encode_splits(
-        model.to(dev), train_set, test_set, batch_size=batch_size, num_workers=workers, device=dev, progress=progress
+        model.to(dev), train_set, test_set, batch_size=batch_size, num_workers=workers, device=dev, progress=progress,
+        bar=bar,
     )
     provenance = {
         "encoder": encoder,
