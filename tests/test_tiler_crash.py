@@ -65,3 +65,29 @@ def test_a_dying_worker_fails_only_its_slide(cohort, tmp_path, monkeypatch, caps
                 assert len(store) == row.n_patches and store.read(range(len(store))).shape[0] == row.n_patches
     assert not list((tmp_path / "out").glob("*.tmp-*"))
     assert "retrying" in capsys.readouterr().err
+
+
+POOL_SCRIPT = """
+import sys
+from pathgen.slide.pool import WorkerPool
+
+def loaded(name):
+    return name in sys.modules
+
+if __name__ == "__main__":
+    pool = WorkerPool(1, preload=sys.argv[1:])
+    print(pool.submit(loaded, "colorsys").result(), pool.submit(loaded, "pathgen.slide.pool").result())
+    pool.close()
+"""
+
+
+@pytest.mark.parametrize("preload", [[], ["colorsys"]])
+def test_pool_workers_start_with_the_preloaded_modules(tmp_path, preload):
+    """The forkserver imports `preload` once; workers forked from it have them without importing them."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "pool_script.py"
+    script.write_text(POOL_SCRIPT)
+    out = subprocess.run([sys.executable, str(script), *preload], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(bool(preload)), "True"]

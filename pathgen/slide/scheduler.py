@@ -186,7 +186,7 @@ class _Scheduler:
     def __init__(self, jobs, out_dir: Path, params, workers: int, overwrite: bool, on_row, bar, tasks):
         self.pending = deque(jobs)
         self.out_dir, self.params, self.overwrite, self.on_row, self.bar = out_dir, params, overwrite, on_row, bar
-        self.pool = WorkerPool(workers, tasks.warm_up)
+        self.pool = WorkerPool(workers, tasks.warm_up, tasks.FORKSERVER_PRELOAD)
         self.tasks = tasks
         self.limit = 2 * max(1, workers)
         self.lookahead = max(2, workers)
@@ -199,10 +199,14 @@ class _Scheduler:
         self.total = len(jobs)
 
     def run(self) -> None:
+        warmed = False
         try:
             while True:
                 while len(self.in_flight) < self.limit and (work := self._next()) is not None:
                     self._submit(work)
+                if not warmed and self.in_flight:  # the first plans are out: the parent imports meanwhile
+                    self.tasks.warm_up_parent(self.params.fmt)
+                    warmed = True
                 self._draw_pictures()  # while the workers read: pictures are off the slides' critical path
                 if not self.in_flight:
                     if self.retry or self.pending or self.active:
