@@ -1,11 +1,11 @@
 """The demo task over seeds: kNN top-1 of the ViT at random init vs after DINO, per seed of the whole chain.
 
-For each seed, `pathgen run pipelines/demo.yaml --until ssl` and `--only labelled` with that seed for the cohort,
-the DINO run and the labelled patches, then `pathgen.eval.compare.compare_encoders` (kNN k = 20, as the demo's
-compare step) of the DINO encoder against its architecture at random init (whose weights that seed also draws),
-each seed in its own run folder (a rerun reuses finished steps). Prints one row per seed (random, dino, difference,
-wall seconds, CPU seconds of the pipeline runs) and the mean difference; the demo's target is DINO >= random + 10
-points on every seed.
+For each seed, `pathgen run pipelines/demo.yaml --until ssl` with that seed for the cohort and the DINO run, the
+labelled patches of the pipeline's `labelled` step with that seed, then `pathgen.eval.compare.compare_encoders`
+(kNN k = 20, as the demo's compare step) of the DINO encoder against its architecture at random init (whose
+weights that seed also draws), each seed in its own run folder (a rerun reuses finished steps). Prints one row per
+seed (random, dino, difference, wall seconds, CPU seconds of the pipeline runs) and the mean difference; the demo's
+target is DINO >= random + 10 points on every seed.
 
     python benchmarks/demo_seeds.py --out /tmp/demo_seeds            # seeds 0 1 2
     python benchmarks/demo_seeds.py --seeds 3 4 -- ssl:optim.epochs=8  # extra overrides after --
@@ -30,7 +30,10 @@ def children_cpu() -> float:
 
 
 def run_seed(seed: int, out: Path, extra: list[str]) -> dict:
+    import yaml
+
     from pathgen.eval.compare import compare_encoders
+    from pathgen.pipeline.demo_patches import make_demo_patches
 
     overrides = [f"cohort.seed={seed}", f"labelled.seed={seed}", f"ssl:run.seed={seed}", *extra]
     base = [sys.executable, "-m", "pathgen", "run", str(ROOT / "pipelines" / "demo.yaml"), "--out", str(out)]
@@ -38,11 +41,16 @@ def run_seed(seed: int, out: Path, extra: list[str]) -> dict:
     log = out.with_suffix(".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as f:
-        for steps in (["--until", "ssl"], ["--only", "labelled"]):
-            if subprocess.run([*base, *steps, *overrides], stdout=f, stderr=subprocess.STDOUT, cwd=ROOT).returncode:
-                raise SystemExit(f"seed {seed}: the pipeline failed, see {log}")
-    encoder = str(out / "ssl" / "encoder.safetensors")
+        if subprocess.run([*base, "--until", "ssl", *overrides], stdout=f, stderr=subprocess.STDOUT,
+                          cwd=ROOT).returncode:
+            raise SystemExit(f"seed {seed}: the pipeline failed, see {log}")
+    # The labelled step comes after Gen-DINO in the pipeline, which `--only` would need finished: make its
+    # patches here, with the pipeline's own settings for that step and this seed.
     labelled = out / "labelled" / "patches"
+    if not (labelled / "ground_truth.csv").exists():
+        settings = yaml.safe_load((ROOT / "pipelines" / "demo.yaml").read_text())["steps"]["labelled"]["with"]
+        make_demo_patches(labelled, **{**settings, "seed": seed})
+    encoder = str(out / "ssl" / "encoder.safetensors")
     table = compare_encoders([f"random:{encoder}", encoder], [labelled / "train"], [labelled / "test"], k=20,
                              seed=seed, progress=False)
     random, dino = (100 * row["knn_top1"] for row in table["rows"])
