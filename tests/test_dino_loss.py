@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from pathgen.ssl.head import DINOHead, MultiCropModel
-from pathgen.ssl.loss import DINOLoss, disentanglement_loss
+from pathgen.ssl.loss import DINOLoss, disentanglement_loss, koleo_loss
 from pathgen.ssl.schedules import cosine_schedule, linear_warmup
 from pathgen.ssl.trainer import CollapseMonitor, clip_gradients, param_groups, teacher_stats
 
@@ -207,3 +207,30 @@ def test_collapse_monitor_warns_on_uniform_and_one_hot_not_on_healthy():
     with pytest.warns(UserWarning, match="ln\\(out_dim\\)"):
         for step in range(2):
             monitor.update(step, math.log(k), teacher_stats(healthy))
+
+
+def test_koleo_loss_matches_a_hand_computation_and_pushes_nearest_neighbours_apart():
+    x = torch.tensor([[1.0, 0.0], [0.8, 0.6], [0.0, 2.0], [-3.0, 0.0]], requires_grad=True)
+    u = x.detach() / x.detach().norm(dim=1, keepdim=True)
+    nearest_distances = []
+    for i in range(4):  # the nearest other row on the unit circle, by Euclidean distance
+        nearest_distances.append(min(float((u[i] - u[j]).norm()) for j in range(4) if j != i))
+    want = -np.mean(np.log(np.array(nearest_distances) + 1e-8))
+    got = koleo_loss(x)
+    assert got.item() == pytest.approx(want, rel=1e-5)
+    got.backward()  # a step down the gradient spreads the batch: its nearest-neighbour distances grow
+    spread = koleo_loss((x - 0.05 * x.grad).detach())
+    assert spread < got
+    clustered = torch.tensor([[1.0, 0.0], [1.0, 0.01], [1.0, -0.01], [0.99, 0.02]])
+    assert koleo_loss(clustered) > got  # features sharing one direction cost more
+
+
+def test_the_multicrop_model_returns_the_backbone_features_it_fed_the_head():
+    torch.manual_seed(0)
+    backbone, head = nn.Linear(3 * 4 * 4, 8), DINOHead(8, out_dim=16, hidden_dim=8, bottleneck_dim=4)
+    model = MultiCropModel(nn.Sequential(nn.Flatten(), backbone), head)
+    crops = [torch.randn(2, 3, 4, 4) for _ in range(3)]
+    logits, features = model(crops, return_features=True)
+    torch.testing.assert_close(features, backbone(torch.cat(crops).flatten(1)))
+    torch.testing.assert_close(logits, head(features))
+    torch.testing.assert_close(model(crops), logits)

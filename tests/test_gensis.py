@@ -139,6 +139,27 @@ def test_the_step_centres_on_the_global_crops_only_and_mixes_teacher_logits_for_
     assert all(p.grad is None for p in teacher.parameters())
 
 
+def test_koleo_is_a_term_on_the_students_global_crops_weighted_into_the_loss(tmp_path, stores):
+    from pathgen.ssl.loss import koleo_loss
+    from pathgen.ssl.trainer import total_loss
+
+    student, teacher = _tiny_models(tmp_path, stores)
+    g = torch.Generator().manual_seed(0)
+    b, m = 4, 3
+    batch = {"global": [torch.randn(b, 3, 32, 32, generator=g) for _ in range(2)],
+             "local": [torch.randn(b, 3, 16, 16, generator=g) for _ in range(2)],
+             "interpolated": torch.randn(m, 3, 32, 32, generator=g), "partner": torch.randn(m, 3, 32, 32, generator=g),
+             "pair": torch.tensor([3, 0, 2]), "alpha": torch.tensor([0.3, 0.5, 0.7])}
+    plain, _ = compute_loss(batch, student, teacher, DINOLoss(128), 0.04, 1.0, precision_for("cpu"))
+    assert "koleo" not in plain
+    terms, _ = compute_loss(batch, student, teacher, DINOLoss(128), 0.04, 1.0, precision_for("cpu"), koleo_weight=0.5)
+    with torch.no_grad():  # each global crop's backbone features, not the interpolations' or the local crops'
+        want = sum(koleo_loss(student.backbone(crop)) for crop in batch["global"])
+    torch.testing.assert_close(terms["koleo"], want, atol=1e-5, rtol=1e-5)
+    total = total_loss(terms, 1.0, 0.5)
+    torch.testing.assert_close(total, terms["dino"] + terms["dis"] + 0.5 * terms["koleo"])
+
+
 def test_bad_generated_stores_are_one_line_errors_naming_the_store(tmp_path, stores, generated):
     cases = []
 

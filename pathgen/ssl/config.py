@@ -55,6 +55,7 @@ class DinoConfig(Section):
     student_temp: float = 0.1
     momentum_teacher: float = 0.996  # cosine-increased to 1 over training
     center_momentum: float = 0.9
+    koleo_weight: float = 0.0  # DINOv2's KoLeo regulariser on the student's global-crop features (DINOv2: 0.1)
 
 
 class EvalConfig(Section):

@@ -61,7 +61,8 @@ class MultiCropModel(nn.Module):
         self.backbone = backbone
         self.head = head
 
-    def forward(self, crops: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    def forward(self, crops: torch.Tensor | list[torch.Tensor], return_features: bool = False):
+        """Logits [n_crops * B, out_dim]; with `return_features`, (logits, backbone features [n_crops * B, D])."""
         if isinstance(crops, torch.Tensor):
             crops = [crops]
         sizes = torch.tensor([c.shape[-1] for c in crops])
@@ -70,4 +71,6 @@ class MultiCropModel(nn.Module):
         for end in ends:
             feats.append(self.backbone(torch.cat(crops[start:end])))
             start = end
-        return self.head(torch.cat(feats))
+        features = torch.cat(feats)
+        logits = self.head(features)
+        return (logits, features) if return_features else logits

@@ -116,3 +116,16 @@ def disentanglement_loss(
         target = F.softmax((mixed - center.float().view(1, -1)) / teacher_temp, dim=-1)
     log_probs = F.log_softmax(student_logits.float() / student_temp, dim=-1)
     return -(target * log_probs).sum(dim=-1).mean()
+
+
+@fp32
+def koleo_loss(features: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """DINOv2's KoLeo regulariser (Sablayrolles et al., 2019): -mean_i log(distance of x_i to its nearest neighbour
+    in the batch), on L2-normalised features [B, D]. It spreads a batch's features over the sphere, against
+    the concentration in one direction that a freshly initialised ViT starts from."""
+    x = F.normalize(features.float(), dim=-1, eps=eps)
+    with torch.no_grad():
+        similarity = x @ x.T
+        similarity.fill_diagonal_(-2.0)  # never one's own neighbour
+        nearest = similarity.argmax(dim=1)
+    return -torch.log((x - x[nearest]).norm(dim=-1) + eps).mean()

@@ -31,7 +31,7 @@ from pathgen.ssl import batch as roles
 from pathgen.ssl.config import SSLConfig
 from pathgen.ssl.export import create_backbone, export_encoder
 from pathgen.ssl.head import DINOHead, MultiCropModel
-from pathgen.ssl.loss import DINOLoss, disentanglement_loss
+from pathgen.ssl.loss import DINOLoss, disentanglement_loss, koleo_loss
 from pathgen.ssl.monitor import CollapseMonitor, teacher_stats
 from pathgen.ssl.schedules import cosine_schedule, linear_warmup
 
@@ -143,7 +143,8 @@ def _scalars(prefix: str, tree: Any) -> dict[str, float]:
 
 
 def compute_loss(batch: dict, student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss, teacher_temp: float,
-                 lambda_dis: float, precision) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+                 lambda_dis: float, precision, koleo_weight: float = 0.0
+                 ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
     """The named loss terms of one batch ({"dino"}, plus {"dis"} when lambda_dis > 0) and the DINO targets.
 
     One student forward over all student crops and one teacher forward over all teacher crops, split by role
@@ -152,11 +153,15 @@ def compute_loss(batch: dict, student: nn.Module, teacher: nn.Module, dino_loss:
     """
     with precision.autocast():
         teacher_out = teacher(roles.teacher_crops(batch))
-        student_out = student(roles.student_crops(batch))
+        student_out, student_features = student(roles.student_crops(batch), return_features=True)
     teacher_global, teacher_partner = roles.split_teacher(teacher_out, batch)
     student_dino, student_interp = roles.split_student(student_out, batch)
     targets = dino_loss.teacher_targets(teacher_global, teacher_temp, roles.N_GLOBAL)
     terms = {"dino": dino_loss.cross_entropy(targets, student_dino, len(batch["global"]) + len(batch["local"]))}
+    if koleo_weight > 0:  # DINOv2: on the student's backbone features of each global crop, weighted in total_loss
+        b = len(batch["global"][0])
+        student_global = roles.split_student(student_features, batch)[0][: roles.N_GLOBAL * b]
+        terms["koleo"] = sum(koleo_loss(f) for f in student_global.chunk(roles.N_GLOBAL))
     if lambda_dis > 0:
         terms["dis"] = _disentanglement(batch, student_interp, teacher_global, teacher_partner, dino_loss,
                                         teacher_temp)
@@ -164,9 +169,14 @@ def compute_loss(batch: dict, student: nn.Module, teacher: nn.Module, dino_loss:
     return terms, targets
 
 
-def total_loss(terms: dict[str, torch.Tensor], lambda_dis: float) -> torch.Tensor:
-    """L = L_DINO + lambda_dis * L_dis (Gen-SIS), or L_DINO alone."""
-    return terms["dino"] + lambda_dis * terms["dis"] if "dis" in terms else terms["dino"]
+def total_loss(terms: dict[str, torch.Tensor], lambda_dis: float, koleo_weight: float = 0.0) -> torch.Tensor:
+    """L = L_DINO + lambda_dis * L_dis (Gen-SIS) + koleo_weight * L_KoLeo, with the terms that are present."""
+    loss = terms["dino"]
+    if "dis" in terms:
+        loss = loss + lambda_dis * terms["dis"]
+    if "koleo" in terms:
+        loss = loss + koleo_weight * terms["koleo"]
+    return loss
 
 
 def _disentanglement(batch, student_interp, teacher_global, teacher_partner, dino_loss, teacher_temp):
@@ -293,8 +303,8 @@ def train(cfg: SSLConfig, resume: str | Path | None = None) -> Path:
 
                 rows_picture(roles.picture_rows(batch), mean, std).save(run.out_dir / "views.png")
             terms, targets = compute_loss(batch, student_ddp, teacher.module, dino_loss, temp_sched[it], lambda_dis,
-                                          precision)
-            loss = total_loss(terms, lambda_dis)
+                                          precision, cfg.dino.koleo_weight)
+            loss = total_loss(terms, lambda_dis, cfg.dino.koleo_weight)
             loss_value = loss.item()
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {it}; stopping (lower optim.base_lr?)")
