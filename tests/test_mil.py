@@ -246,3 +246,13 @@ def test_labels_can_be_the_tiling_manifest_of_a_labelled_slide_list(tmp_path):
     ])
     # slides are named by their stores, as the feature files are; a slide that failed to tile has none
     assert read_labels(manifest) == [("a", "tumour", "p1"), ("dup_a", "normal", "dup_a")]
+
+
+def test_one_progress_display_for_all_folds(planted, tmp_path, capsys, monkeypatch):
+    """In a log (not a terminal) cross-validation is one bar over every fold's epochs, not a bar per fold."""
+    monkeypatch.setenv("PATHGEN_PROGRESS_SECONDS", "0")  # a line per update, so every bar that exists shows
+    train_mil(*planted, tmp_path, _cfg("train.epochs=2", "metrics.bootstrap=0"), folds=3, model="meanpool")
+    err = capsys.readouterr().err
+    assert not any(line.startswith("fold") for line in err.splitlines())  # the per-fold bars
+    lines = [line for line in err.splitlines() if line.startswith("mil")]
+    assert lines and "6/6" in lines[-1] and "fold2" in lines[-1]

@@ -70,10 +70,12 @@ def predict_bags(model: torch.nn.Module, loader: DataLoader, device: torch.devic
 
 
 def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray, seed: int, device: torch.device,
-              log_dir: Path | None = None, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+              log_dir: Path | None = None, progress: bool = True, bar=None) -> tuple[torch.nn.Module, dict]:
     """Train one model on cohort slides `train`, early-stopped on `val`; returns (best model on CPU, summary).
 
     Per epoch, `log_dir` gets a log.jsonl line and TensorBoard scalars (train/loss, val/loss, val/<metric>, seconds).
+    `bar`: a progress bar of the caller's (one display for all folds) that gets cfg.train.epochs steps from this
+    run, the epochs early stopping skipped included; without it, and with `progress`, the run shows its own.
     """
     from pathgen.runtime.device import precision_for
     from pathgen.runtime.progress import progress_bar
@@ -99,8 +101,11 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
 
         shutil.rmtree(log_dir)
     log = RunLog(log_dir, enabled=log_dir is not None)
-    bar = progress_bar(total=cfg.train.epochs, desc=log_dir.name if log_dir else "mil", unit="epoch", leave=False,
-                       disable=not progress)
+    own_bar = bar is None
+    if own_bar:
+        bar = progress_bar(total=cfg.train.epochs, desc=log_dir.name if log_dir else "mil", unit="epoch", leave=False,
+                           disable=not progress)
+    done = 0
     try:
         for epoch in range(cfg.train.epochs):
             t0 = time.perf_counter()
@@ -136,13 +141,18 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
             values["seconds"] = time.perf_counter() - t0
             log.scalars(epoch, {k: v for k, v in values.items() if np.isfinite(v)}, epoch=epoch)
             bar.update(1)
-            bar.set_postfix({k.replace("/loss", ""): f"{v:.3f}" for k, v in values.items() if k.endswith("loss")})
+            done += 1
+            bar.set_postfix({k.replace("/loss", ""): f"{v:.3f}" for k, v in values.items() if k.endswith("loss")},
+                            refresh=False)
             if cfg.run.max_steps is not None and steps >= cfg.run.max_steps:
                 break
             if len(val) and epoch + 1 >= cfg.train.min_epochs and stale >= cfg.train.patience:
                 break
     finally:
-        bar.close()
+        if own_bar:
+            bar.close()
+        else:
+            bar.update(cfg.train.epochs - done)  # the epochs early stopping skipped: the caller's total stays right
         log.close()
     if best["state"] is not None:
         model.load_state_dict(best["state"])
@@ -227,7 +237,12 @@ def train_mil(
     runs, predictions = [], []
     pooled_sum = np.zeros((len(cohort.slides), len(cohort.classes)))
     pooled_n = np.zeros(len(cohort.slides))
-    for fold in sorted({r["fold"] for r in rows}):
+    from pathgen.runtime.progress import progress_bar
+
+    fold_ids = sorted({r["fold"] for r in rows})
+    bar = progress_bar(total=len(fold_ids) * cfg.cv.seeds * cfg.train.epochs, desc="mil", unit="epoch",
+                       disable=not progress)
+    for fold in fold_ids:
         part = {k: np.array([index[r["slide_id"]] for r in rows if r["fold"] == fold and r["split"] == k], np.int64)
                 for k in ("train", "val", "test")}
         if not len(part["val"]) and cfg.train.val_fraction > 0 and cfg.cv.splits:  # a splits file without val rows
@@ -239,8 +254,9 @@ def train_mil(
             part["train"], part["val"] = t[~is_val], t[is_val]
         for s in range(cfg.cv.seeds):
             name = run_name(fold, s, cfg.cv.seeds)
+            bar.set_description_str(f"mil {name}", refresh=False)
             net, info = train_run(cfg, cohort, part["train"], part["val"], seed + s, device, out / "logs" / name,
-                                  progress)
+                                  progress, bar)
             test_loader = _loader(BagDataset(np.asarray(cohort.files, dtype=object)[part["test"]],
                                              cohort.labels[part["test"]]), False, seed, cfg.train.num_workers)
             probs, _ = predict_bags(net.to(device), test_loader, device, precision=precision)
@@ -258,6 +274,7 @@ def train_mil(
                     "slide_id": cohort.slides[i], "case_id": cohort.cases[i], "label": cohort.classes[cohort.labels[i]],
                     "fold": fold, "seed": seed + s, "pred": cohort.classes[int(p.argmax())],
                     **{f"prob_{c}": float(v) for c, v in zip(cohort.classes, p, strict=True)}})
+    bar.close()
     _write_csv(out / "predictions.csv", predictions)
 
     # Pooled out-of-fold predictions: each test slide once (its probabilities averaged over seeds).
