@@ -107,14 +107,19 @@ def _tiny_models(tmp_path, stores):
     return student.eval(), teacher.module
 
 
+def _step_batch(g: torch.Generator, b: int = 4, m: int = 3) -> dict:
+    """A Gen-DINO batch of random crops: b items, m of them with an interpolation (pairs 3, 0, 2)."""
+    return {"global": [torch.randn(b, 3, 32, 32, generator=g) for _ in range(2)],
+            "local": [torch.randn(b, 3, 16, 16, generator=g) for _ in range(2)],
+            "interpolated": torch.randn(m, 3, 32, 32, generator=g), "partner": torch.randn(m, 3, 32, 32, generator=g),
+            "pair": torch.tensor([3, 0, 2]), "alpha": torch.tensor([0.3, 0.5, 0.7])}
+
+
 def test_the_step_centres_on_the_global_crops_only_and_mixes_teacher_logits_for_l_dis(tmp_path, stores):
     student, teacher = _tiny_models(tmp_path, stores)
     g = torch.Generator().manual_seed(0)
-    b, m = 4, 3
-    batch = {"global": [torch.randn(b, 3, 32, 32, generator=g) for _ in range(2)],
-             "local": [torch.randn(b, 3, 16, 16, generator=g) for _ in range(2)],
-             "interpolated": torch.randn(m, 3, 32, 32, generator=g), "partner": torch.randn(m, 3, 32, 32, generator=g),
-             "pair": torch.tensor([3, 0, 2]), "alpha": torch.tensor([0.3, 0.5, 0.7])}
+    b = 4
+    batch = _step_batch(g, b)
     loss = DINOLoss(128, center_momentum=0.5)
     loss.center.normal_(generator=g)
     before = loss.center.clone()
@@ -144,12 +149,7 @@ def test_koleo_is_a_term_on_the_students_global_crops_weighted_into_the_loss(tmp
     from pathgen.ssl.trainer import total_loss
 
     student, teacher = _tiny_models(tmp_path, stores)
-    g = torch.Generator().manual_seed(0)
-    b, m = 4, 3
-    batch = {"global": [torch.randn(b, 3, 32, 32, generator=g) for _ in range(2)],
-             "local": [torch.randn(b, 3, 16, 16, generator=g) for _ in range(2)],
-             "interpolated": torch.randn(m, 3, 32, 32, generator=g), "partner": torch.randn(m, 3, 32, 32, generator=g),
-             "pair": torch.tensor([3, 0, 2]), "alpha": torch.tensor([0.3, 0.5, 0.7])}
+    batch = _step_batch(torch.Generator().manual_seed(0))
     plain, _ = compute_loss(batch, student, teacher, DINOLoss(128), 0.04, 1.0, precision_for("cpu"))
     assert "koleo" not in plain
     terms, _ = compute_loss(batch, student, teacher, DINOLoss(128), 0.04, 1.0, precision_for("cpu"), koleo_weight=0.5)
