@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from pathgen.errors import PathgenError
 from pathgen.runtime.device import autocast
-from pathgen.runtime.progress import progress_bar
+from pathgen.runtime.progress import progress_bar_or
 
 
 @torch.no_grad()
@@ -41,19 +41,16 @@ def extract_features(
     was_training = model.training
     model.eval().to(device)
     features, labels = [], []
-    own_bar = bar is None
-    if own_bar:
-        bar = progress_bar(total=len(dataset), desc="features", unit="img", disable=not progress, leave=False)
     try:
-        for images, targets in loader:
-            with autocast(device):
-                out = model(images.to(device, non_blocking=True))
-            features.append(out.float().cpu())
-            labels.append(torch.as_tensor(targets, dtype=torch.long))
-            bar.update(len(images))
+        with progress_bar_or(bar, total=len(dataset), desc="features", unit="img", disable=not progress,
+                             leave=False) as bar:
+            for images, targets in loader:
+                with autocast(device):
+                    out = model(images.to(device, non_blocking=True))
+                features.append(out.float().cpu())
+                labels.append(torch.as_tensor(targets, dtype=torch.long))
+                bar.update(len(images))
     finally:
-        if own_bar:
-            bar.close()
         model.train(was_training)
     if not features:
         raise PathgenError("no samples to extract features from (the dataset is empty)")

@@ -16,6 +16,7 @@ import copy
 import csv
 import json
 import time
+from contextlib import closing
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
     run, the epochs early stopping skipped included; without it, and with `progress`, the run shows its own.
     """
     from pathgen.runtime.device import precision_for
-    from pathgen.runtime.progress import progress_bar
+    from pathgen.runtime.progress import progress_bar_or
     from pathgen.runtime.runlog import RunLog
     from pathgen.runtime.seeding import seed_everything
 
@@ -101,12 +102,9 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
 
         shutil.rmtree(log_dir)
     log = RunLog(log_dir, enabled=log_dir is not None)
-    own_bar = bar is None
-    if own_bar:
-        bar = progress_bar(total=cfg.train.epochs, desc=log_dir.name if log_dir else "mil", unit="epoch", leave=False,
-                           disable=not progress)
-    done = 0
-    try:
+    shared = bar is not None
+    with progress_bar_or(bar, total=cfg.train.epochs, desc=log_dir.name if log_dir else "mil", unit="epoch",
+                         leave=False, disable=not progress) as bar, closing(log):
         for epoch in range(cfg.train.epochs):
             t0 = time.perf_counter()
             model.train()
@@ -141,19 +139,14 @@ def train_run(cfg: MILConfig, cohort: Cohort, train: np.ndarray, val: np.ndarray
             values["seconds"] = time.perf_counter() - t0
             log.scalars(epoch, {k: v for k, v in values.items() if np.isfinite(v)}, epoch=epoch)
             bar.update(1)
-            done += 1
             bar.set_postfix({k.replace("/loss", ""): f"{v:.3f}" for k, v in values.items() if k.endswith("loss")},
                             refresh=False)
             if cfg.run.max_steps is not None and steps >= cfg.run.max_steps:
                 break
             if len(val) and epoch + 1 >= cfg.train.min_epochs and stale >= cfg.train.patience:
                 break
-    finally:
-        if own_bar:
-            bar.close()
-        else:
-            bar.update(cfg.train.epochs - done)  # the epochs early stopping skipped: the caller's total stays right
-        log.close()
+        if shared:  # the epochs early stopping skipped (epoch + 1 ran), so that the caller's total stays right
+            bar.update(max(0, cfg.train.epochs - (epoch + 1)))
     if best["state"] is not None:
         model.load_state_dict(best["state"])
     return model.cpu().eval(), {"epochs": epoch + 1, "best_epoch": best["epoch"] if len(val) else epoch}
@@ -210,6 +203,7 @@ def train_mil(
     from pathgen.mil.report import print_metrics
     from pathgen.mil.splits import check_grouping, make_splits, read_splits, write_splits
     from pathgen.runtime.device import get_device, precision_for
+    from pathgen.runtime.progress import progress_bar
 
     cfg = _resolve(cfg, folds, seeds, splits, model, out_dir)
     out = Path(out_dir)
@@ -237,8 +231,6 @@ def train_mil(
     runs, predictions = [], []
     pooled_sum = np.zeros((len(cohort.slides), len(cohort.classes)))
     pooled_n = np.zeros(len(cohort.slides))
-    from pathgen.runtime.progress import progress_bar
-
     fold_ids = sorted({r["fold"] for r in rows})
     bar = progress_bar(total=len(fold_ids) * cfg.cv.seeds * cfg.train.epochs, desc="mil", unit="epoch",
                        disable=not progress)

@@ -8,6 +8,8 @@ final one.
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from tqdm import tqdm
 
@@ -62,3 +64,17 @@ def progress_bar(total: float | None = None, *, desc: str | None = None, unit: s
     seconds = float(os.environ.get("PATHGEN_PROGRESS_SECONDS", DEFAULT_SECONDS))
     # miniters=1 with mininterval: the time limit alone decides (tqdm's adaptive miniters would skip updates)
     return _LogBar(file=_Lines(stream), mininterval=seconds, miniters=1, ncols=100, ascii=True, **kwargs)
+
+
+@contextmanager
+def progress_bar_or(bar: tqdm | None, **kwargs) -> Iterator[tqdm]:
+    """`bar` as it is, when a caller passes its own (one display over several calls: left open), else a new
+    `progress_bar(**kwargs)`, closed on exit."""
+    if bar is not None:
+        yield bar
+        return
+    own = progress_bar(**kwargs)
+    try:
+        yield own
+    finally:
+        own.close()
