@@ -325,9 +325,15 @@ class SyntheticSlide:
 # --------------------------------------------------------------------------- public entry points
 
 
+def slide_seeds(seed: int, n_slides: int, stream: int) -> list[int]:
+    """`n_slides` slide seeds drawn from random stream `stream` of `seed` (the cohort and the held-out labelled
+    slides use different streams, so they never share a slide)."""
+    return [int(s) for s in np.random.default_rng([seed, stream]).integers(2**31, size=n_slides)]
+
+
 def cohort_slide_seeds(seed: int, n_slides: int) -> list[int]:
     """The slide seeds of `make_demo_cohort(seed=seed)`; `demo_patches` draws its held-out slides elsewhere."""
-    return [int(s) for s in np.random.default_rng([seed, _COHORT_STREAM]).integers(2**31, size=n_slides)]
+    return slide_seeds(seed, n_slides, _COHORT_STREAM)
 
 
 def make_demo_cohort(

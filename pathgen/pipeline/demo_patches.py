@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pathgen.pipeline.demo_cohort import SyntheticSlide
+from pathgen.pipeline.demo_cohort import SyntheticSlide, slide_seeds
 from pathgen.pipeline.demo_tissue import TEXEL
 
 SPLITS = ("train", "test")
@@ -26,7 +26,7 @@ _LABELLED_STREAM = 1  # random stream of the held-out slides' seeds ([seed, stre
 
 def labelled_slide_seeds(seed: int, n_slides: int) -> list[int]:
     """Seeds of the held-out slides of `make_demo_patches(seed=seed)`: the first half train, the rest test."""
-    return [int(s) for s in np.random.default_rng([seed, _LABELLED_STREAM]).integers(2**31, size=n_slides)]
+    return slide_seeds(seed, n_slides, _LABELLED_STREAM)
 
 
 def make_demo_patches(

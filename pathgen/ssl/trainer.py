@@ -145,7 +145,8 @@ def _scalars(prefix: str, tree: Any) -> dict[str, float]:
 def compute_loss(batch: dict, student: nn.Module, teacher: nn.Module, dino_loss: DINOLoss, teacher_temp: float,
                  lambda_dis: float, precision, koleo_weight: float = 0.0
                  ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
-    """The named loss terms of one batch ({"dino"}, plus {"dis"} when lambda_dis > 0) and the DINO targets.
+    """The named loss terms of one batch ({"dino"}, plus {"dis"} when lambda_dis > 0 and {"koleo"}, unweighted,
+    when koleo_weight > 0) and the DINO targets; `total_loss` weighs them.
 
     One student forward over all student crops and one teacher forward over all teacher crops, split by role
     after. The loss is computed in fp32 outside autocast (as DINO): near ln(65536) ~ 11, bf16 resolves only 0.06.
