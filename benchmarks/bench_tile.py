@@ -11,6 +11,8 @@ included on both sides), with the peak resident memory of its whole process tree
   tile -j2      the same with `--workers 2`
   openslide -j1 the same as tile -j1 with `--reader openslide --codec lossless`: the tiler before the fast path
   lossless -j1  the same as tile -j1 with `--codec lossless`
+  cohort -j1/-j2  tile -j1 and -j2 on a cohort of --cohort slides, each the same 40,000 x 30,000 slide under its own
+                name (hard links): a lab's run, where only the first slide's plan and the workers' start are serial
 The memory runs repeat `tile -j1` on a slide half as wide and high, to show peak RSS does not grow with size.
 Then each codec encodes and decodes the same stored patches in this process (interleaved, medians), and
 TIAToolbox's SlidingWindowPatchExtractor reads the same slide where tiatoolbox is installed.
@@ -50,6 +52,19 @@ def cached_slide(cache: Path, width: int, height: int, tile: int = 256) -> Path:
         os.replace(part, path)
         print(f"  {time.perf_counter() - t0:.0f} s", flush=True)
     return path
+
+
+def cohort_of(slide: Path, n: int, folder: Path) -> Path:
+    """A folder of `n` slides that are all `slide` (hard links, else copies), named s0.svs, s1.svs, ..."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        link = folder / f"s{i}{slide.suffix}"
+        if not link.exists():
+            try:
+                os.link(slide, link)
+            except OSError:
+                shutil.copyfile(slide, link)
+    return folder
 
 
 def _over_rounds(results: list[Measured]) -> tuple[float, float, float]:
@@ -159,6 +174,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=40000)
     parser.add_argument("--height", type=int, default=30000)
     parser.add_argument("--rounds", type=int, default=1, help="interleaved repetitions; medians are reported")
+    parser.add_argument("--cohort", type=int, default=3, help="slides in the cohort runs (0: none)")
     parser.add_argument("--tile", type=int, default=256, help="the slide's JPEG tile side (Aperio writes 240)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pathgen-bench")
     args = parser.parse_args()
@@ -167,7 +183,7 @@ def main() -> None:
     small = cached_slide(args.cache, args.width // 2, args.height // 2, args.tile)
     load_start = os.getloadavg()[0]
 
-    from pathgen.store import open_store
+    from pathgen.store import open_store, read_manifest
 
     with tempfile.TemporaryDirectory(dir=args.cache) as tmp:
         tmp = Path(tmp)
@@ -184,6 +200,9 @@ def main() -> None:
             "openslide": tile_cmd(big, tmp / "openslide", 1, "--reader", "openslide", "--codec", "lossless"),
             "lossless": tile_cmd(big, tmp / "lossless", 1, "--codec", "lossless"),
         }
+        if args.cohort:
+            slides = cohort_of(big, args.cohort, args.cache / f"cohort_{args.cohort}_{big.stem}")
+            runs |= {f"cohort_j{j}": tile_cmd(slides, tmp / f"cohort_j{j}", j) for j in (1, 2)}
         tiles = [k for k in runs if k != "bare"]
         # Each tile run first deletes the store its previous run wrote, so every timed run writes into page-cache
         # memory the kernel has just freed. One untimed run of each fills the memory first: on a VM, the first
@@ -210,6 +229,9 @@ def main() -> None:
             k = np.arange(0, n, max(1, n // 300))  # stored patches of the fast and the old path, side by side
             fast_vs_old = float(np.abs(a.read(k).astype(np.int16) - c.read(k)).max())
             codec_name = open_store(stores["j1"]).attrs["codec"]
+        for name in ("cohort_j1", "cohort_j2") if args.cohort else ():
+            rows = read_manifest(tmp / name / "manifest.csv")
+            assert [r.n_patches for r in rows if r.status == "ok"] == [n] * args.cohort, rows
         bytes_pp = {k: store_bytes(stores[k]) / n for k in ("j1", "lossless")}
         reading = region_vs_patch_ms(big, coords)
         codecs = codec_figures(stores["lossless"])
@@ -234,14 +256,20 @@ def main() -> None:
         "j2": f"pathgen tile, 2 workers ({codec_name})",
         "openslide": "pathgen tile -j1 --reader openslide, lossless",
         "lossless": "pathgen tile -j1 --codec lossless",
+        "cohort_j1": f"cohort of {args.cohort}, 1 worker",
+        "cohort_j2": f"cohort of {args.cohort}, 2 workers",
     }
     for name, (secs, rss, cpu_s) in med.items():
-        print(f"{labels[name]:<44}{secs:>9.1f}{n / secs:>11.1f}{cpu_s:>8.1f}{rss:>14.2f}")
+        rate = n * (args.cohort if name.startswith("cohort") else 1) / secs
+        print(f"{labels[name]:<44}{secs:>9.1f}{rate:>11.1f}{cpu_s:>8.1f}{rss:>14.2f}")
     print(f"{'pathgen tile, 1 worker, 1/4 area':<44}{small_s:>9.1f}{'':>19}{small_rss:>14.2f}")
     (bare_s, _, bare_cpu), (one_s, one_rss, one_cpu), (two_s, two_rss, two_cpu) = (med[k] for k in ("bare", "j1", "j2"))
     old_s, _, old_cpu = med["openslide"]
     print(f"\n1 worker vs bare loop:   {bare_s / one_s:.2f}x wall, {bare_cpu / one_cpu:.2f}x CPU-s (target >= 1.5x)")
     print(f"2 workers vs 1 worker:   {one_s / two_s:.2f}x  (target >= 1.8x)")
+    if args.cohort:
+        c1, c2 = med["cohort_j1"][0], med["cohort_j2"][0]
+        print(f"  on a cohort of {args.cohort}:    {c1 / c2:.2f}x")
     print(f"1 worker vs old path:    {old_s / one_s:.2f}x wall, {old_cpu / one_cpu:.2f}x CPU-s (--reader openslide)")
     print(f"lossless vs {codec_name}, 1 worker: {med['lossless'][0] / one_s:.2f}x wall (> 1: {codec_name} is faster)")
     print(f"cores kept busy:         {one_cpu / one_s:.2f} (1 worker), {two_cpu / two_s:.2f} (2 workers), CPU s/wall s")

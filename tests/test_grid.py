@@ -136,3 +136,15 @@ def test_blank_or_too_small_slides_give_an_empty_plan(tmp_path):
         assert len(empty) == 0
         render_qc(thumb, np.zeros(thumb.shape[:2], bool), empty, ds, tmp_path / "qc.png")
         assert (tmp_path / "qc.png").is_file()
+
+
+def test_patch_outlines_are_painted_exactly_and_clipped_at_the_edges():
+    from pathgen.slide.qc import _outline_squares
+
+    rgb = np.zeros((12, 12, 3), np.uint8)
+    _outline_squares(rgb, np.array([[2.0, 3.4], [9.0, -2.0]]), 4.0, (1, 2, 3))
+    painted = (rgb == (1, 2, 3)).all(-1)
+    expected = np.zeros((12, 12), bool)
+    expected[3, 2:7] = expected[7, 2:7] = expected[3:8, 2] = expected[3:8, 6] = True  # the first square, whole
+    expected[2, 9:12] = expected[0:3, 9] = True  # the second: its bottom and left edges, inside the picture
+    assert (painted == expected).all() and (rgb[~painted] == 0).all()

@@ -286,3 +286,23 @@ def test_store_reads_the_same_without_zarrs_private_modules(tmp_path, monkeypatc
         assert store._fast is None
         np.testing.assert_array_equal(np.stack([store[i] for i in range(6)]), images)
         np.testing.assert_array_equal(store.read([5, 0]), images[[5, 0]])
+
+
+def test_a_shard_written_by_another_process_is_synced_as_it_is_marked(tmp_path, monkeypatch):
+    """The tiler marks each worker's shard with sync=True: it reaches the disk then, not all at once in close()."""
+    from pathgen.store.writer import shard_file, write_images_shard
+
+    monkeypatch.setattr(store_writer, "SHARD_BYTES", 8 * 8 * 3 * 4)  # 4 patches per shard
+    synced = []
+    real = store_writer.fsync_tree
+    monkeypatch.setattr(store_writer, "fsync_tree", lambda p: synced.append(Path(p)) or real(p))
+    images = np.random.default_rng(3).integers(0, 256, (8, 8, 8, 3), dtype=np.uint8)
+    with PatchStoreWriter(tmp_path / "s.zarr", np.zeros((8, 2)), np.ones(8), 8, {}) as w:
+        write_images_shard(w.images_path, 4, images[4:], w.shard)
+        w.mark_written(4, 4, sync=True)
+        assert synced == [shard_file(w.images_path, 4, w.shard)] and synced[0].is_file()
+        w.write(0, images[:4])  # written here, through Zarr: synced with the rest at close
+        assert len(synced) == 1
+    assert synced[-1] == w.tmp  # close() still flushes the whole store
+    with open_store(tmp_path / "s.zarr") as store:
+        np.testing.assert_array_equal(store.read(np.arange(8)), images)

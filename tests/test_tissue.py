@@ -151,3 +151,27 @@ def test_fast_hsv_and_small_object_removal_equal_scikit_image():
     np.testing.assert_allclose(hsv_image(rgb), rgb2hsv(rgb), atol=1e-6)
     mask = rng.random((64, 64)) > 0.55
     assert (remove_small_objects(mask, 4) == skimage_remove(mask, max_size=4)).all()
+
+
+@pytest.mark.parametrize("radius", [0.7, 1.0, 1.5, 2.0, 2.9, 4.0])
+def test_closing_by_footprint_equals_closing_by_distance_transform(radius, monkeypatch):
+    """close_disk takes a disk footprint for small radii, distance transforms for large: both give one closing,
+    that of scikit-image with the same disk on the edge-replicated mask."""
+    from scipy import ndimage
+    from skimage.morphology import closing
+
+    import pathgen.slide.tissue as tissue
+
+    rng = np.random.default_rng(int(radius * 10))
+    for _ in range(20):
+        h, w = rng.integers(6, 60, 2)
+        mask = ndimage.gaussian_filter(rng.random((h, w)), rng.uniform(0.5, 2.5)) > rng.uniform(0.47, 0.53)
+        by_footprint = tissue.close_disk(mask, radius)
+        monkeypatch.setattr(tissue, "DISK_FOOTPRINT_MAX_RADIUS", 0.0)
+        by_distance = tissue.close_disk(mask, radius)
+        monkeypatch.undo()
+        assert (by_footprint == by_distance).all()
+        r, pad = int(radius), int(np.ceil(radius)) + 1
+        y, x = np.mgrid[-r : r + 1, -r : r + 1]
+        closed = closing(np.pad(mask, pad, mode="edge"), x * x + y * y <= radius * radius, mode="ignore")
+        assert (by_footprint == closed[pad:-pad, pad:-pad]).all()

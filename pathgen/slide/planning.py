@@ -1,9 +1,10 @@
 """Plan one slide: find its tissue, lay the patch grid, describe the store to write and the QC picture to draw.
 
 `plan_slide` runs in a worker process (a native crash in OpenSlide while reading the thumbnail takes down that
-worker, not the run) and returns a `SlidePlan`: the coordinates, the attributes and the QC picture's pixels and
-masks. The parent draws that picture (`write_pictures`) while the workers read the slide's patches: nothing about
-the pictures has to wait for anything but the plan, and no patch has to wait for the pictures.
+worker, not the run) and returns a `SlidePlan`: the coordinates, the attributes, the QC picture's pixels and masks
+and the tissue contours as GeoJSON. The parent draws that picture and writes the GeoJSON (`write_pictures`) while
+the workers read the slide's patches: nothing about the pictures has to wait for anything but the plan, and no
+patch has to wait for the pictures.
 """
 
 from __future__ import annotations
@@ -34,15 +35,19 @@ QC_MAX_SIDE = 2048
 
 @dataclass
 class Pictures:
-    """What the QC picture and the tissue GeoJSON of a slide are drawn from."""
+    """What the QC picture of a slide is drawn from, and its tissue contours as GeoJSON.
+
+    The GeoJSON is traced in the worker, beside the mask: in the parent it needed scipy.ndimage, whose import
+    (~0.5 s of CPU) competed with the workers reading the first slide.
+    """
 
     name: str
     qc_dir: Path
     qc: np.ndarray  # uint8 RGB thumbnail of the scanned area
     qc_downsample: float
-    tissue: np.ndarray  # bool mask, `mask_downsample` level-0 px per pixel
-    mask_downsample: float
+    tissue: np.ndarray  # bool mask of the scanned area, at any resolution (scaled onto the thumbnail)
     origin: tuple[int, int]
+    tissue_geojson: dict  # its contours, in level-0 pixels
     pen: np.ndarray | None = None
     roi: np.ndarray | None = None
 
@@ -100,7 +105,7 @@ def roi_file(folder: Path, job) -> Path:
 def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
     """Tissue mask, patch plan and store attributes of one open slide, with what its QC picture
     (qc_dir/<name>.png) and tissue contours (qc_dir/<name>.geojson) are drawn from (see write_pictures)."""
-    from pathgen.slide.annotations import rasterize, read_annotations
+    from pathgen.slide.annotations import rasterize, read_annotations, tissue_geojson
     from pathgen.slide.grid import tissue_fractions
 
     bounds = slide.bounds
@@ -135,7 +140,8 @@ def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
         qc, qc_ds = slide.thumbnail(QC_SIDE, region=bounds)
     else:
         qc, qc_ds = _shrink(thumb, thumb_ds, QC_MAX_SIDE)
-    pictures = Pictures(job.name, qc_dir, qc, qc_ds, tissue, thumb_ds, origin, found.pen,
+    contours = tissue_geojson(tissue, thumb_ds, origin)
+    pictures = Pictures(job.name, qc_dir, qc, qc_ds, tissue, origin, contours, found.pen,
                         roi.region if roi is not None else None)
     notices = [f"notice: {job.path}: {slide.reader_notice}"] if slide.reader_notice else []
     if len(plan) == 0:
@@ -146,13 +152,13 @@ def plan_slide(slide, job, params, qc_dir: Path) -> SlidePlan:
 
 def write_pictures(pictures: Pictures, plan: PatchPlan) -> None:
     """The QC picture (<qc_dir>/<name>.png) and the tissue contours as GeoJSON (<qc_dir>/<name>.geojson)."""
-    from pathgen.slide.annotations import tissue_geojson, write_geojson
+    from pathgen.slide.annotations import write_geojson
 
     p = pictures
     p.qc_dir.mkdir(parents=True, exist_ok=True)
     render_qc(p.qc, p.tissue, plan, p.qc_downsample, p.qc_dir / f"{p.name}.png", origin=p.origin, pen=p.pen,
               roi=p.roi)
-    write_geojson(p.qc_dir / f"{p.name}.geojson", tissue_geojson(p.tissue, p.mask_downsample, p.origin))
+    write_geojson(p.qc_dir / f"{p.name}.geojson", p.tissue_geojson)
 
 
 def _magnification(value: float) -> float | int:

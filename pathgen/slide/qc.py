@@ -35,6 +35,21 @@ def _contours(draw, mask: np.ndarray, size: tuple[int, int], colour, width: int)
             draw.line(pts, fill=colour, width=width)
 
 
+def _outline_squares(rgb: np.ndarray, corners: np.ndarray, side: float, colour) -> None:
+    """Paint the 1 px outline of each square (top-left corners [N, 2] as x, y and `side`, in picture pixels) onto
+    `rgb`, all at once: one PIL rectangle per patch took ~0.25 s for a slide's 8,000 patches, in the parent, while
+    the workers were reading."""
+    h, w = rgb.shape[:2]
+    x0, y0 = np.floor(corners[:, 0]).astype(int), np.floor(corners[:, 1]).astype(int)
+    s = max(1, round(side))
+    run = np.arange(s + 1)
+    along_x, along_y = (x0[:, None] + run).ravel(), (y0[:, None] + run).ravel()
+    rows = np.concatenate([np.repeat(y0, s + 1), np.repeat(y0 + s, s + 1), along_y, along_y])
+    cols = np.concatenate([along_x, along_x, np.repeat(x0, s + 1), np.repeat(x0 + s, s + 1)])
+    inside = (rows >= 0) & (rows < h) & (cols >= 0) & (cols < w)
+    rgb[rows[inside], cols[inside]] = colour
+
+
 def render_qc(
     slide_thumb: np.ndarray,
     mask: np.ndarray,
@@ -56,25 +71,22 @@ def render_qc(
 
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    rgb = np.ascontiguousarray(slide_thumb[..., :3])
+    rgb = np.array(slide_thumb[..., :3])  # a copy, drawn on
     th, tw = rgb.shape[:2]
     legend = [("tissue", CONTOUR_COLOUR), ("patches", GRID_COLOUR)]
     if pen is not None and pen.any():
         shade = _scaled(pen, (th, tw))
-        rgb = rgb.copy()
         rgb[shade] = (0.5 * rgb[shade] + 0.5 * np.array(PEN_COLOUR)).astype(np.uint8)
         legend.append(("pen / black", PEN_COLOUR))
-    img = Image.fromarray(rgb)
+    corners = (plan.coords - np.asarray(origin)) / thumb_downsample
+    _outline_squares(rgb, corners.reshape(-1, 2), plan.patch_size_level0 / thumb_downsample, GRID_COLOUR)
+    img = Image.fromarray(rgb)  # the contours go on top of the grid
     draw = ImageDraw.Draw(img)
     line = max(1, round(max(th, tw) / 800))
     _contours(draw, mask, (th, tw), CONTOUR_COLOUR, line)
     if roi is not None:
         _contours(draw, roi, (th, tw), ROI_COLOUR, line + 1)
         legend.append(("ROI", ROI_COLOUR))
-    side = plan.patch_size_level0 / thumb_downsample
-    for x, y in plan.coords:
-        x0, y0 = (x - origin[0]) / thumb_downsample, (y - origin[1]) / thumb_downsample
-        draw.rectangle([x0, y0, x0 + side, y0 + side], outline=GRID_COLOUR, width=1)
     # The legend goes on a white strip below the picture, where it hides nothing.
     card = Image.new("RGB", (tw, th + LEGEND_HEIGHT), (255, 255, 255))
     card.paste(img, (0, 0))

@@ -307,7 +307,7 @@ class _Scheduler:
                     elif isinstance(payload, list):  # HDF5, patches encoded by the worker
                         run.writer.write_encoded(start, payload)
                     else:
-                        run.writer.mark_written(start, payload)
+                        run.writer.mark_written(start, payload, sync=True)
                 except Exception as err:  # noqa: BLE001
                     run.error = one_line(err)
                 self.bar.update(payload if isinstance(payload, int) else len(payload))

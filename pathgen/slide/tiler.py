@@ -160,16 +160,9 @@ def warm_up() -> None:
 
 
 def warm_up_parent(fmt: str) -> None:
-    """What the parent needs once the first plan is back, imported while that plan runs (the parent is idle then).
-
-    The store writer's backend and the QC picture's and GeoJSON's libraries cost ~1 s of imports; done after the
-    plan, they delayed the first chunk by ~0.4 s and took ~0.5 s of CPU from the workers reading.
-    """
-    import PIL.ImageDraw  # noqa: F401
-    import PIL.PngImagePlugin  # noqa: F401
-    from scipy import ndimage  # noqa: F401
-    from skimage import measure  # noqa: F401
-
+    """What the parent needs once the first plan is back, imported while that plan runs: the store writer's backend
+    (~0.25 s). Not the QC picture's libraries as well: with them (~0.65 s, then) the plan came back first and the
+    slide's store waited for them; they load when the first picture is drawn, after its first chunks are out."""
     if fmt == "zarr":
         import zarr  # noqa: F401
     else:

@@ -40,22 +40,26 @@ class TissueMask:
 
 
 def hsv_image(rgb: np.ndarray) -> np.ndarray:
-    """float32 HSV in [0, 1] of a uint8 (or float [0, 1]) RGB image: skimage's rgb2hsv, in a tenth of its time.
+    """float32 HSV in [0, 1] of a uint8 (or float [0, 1]) RGB image: skimage's rgb2hsv, in a thirtieth of its time.
 
-    Tissue detection runs once per slide on the critical path of tiling it (nothing can be read before the plan),
-    and skimage's float64 conversion was a quarter of that.
+    Tissue detection runs once per slide on the critical path of tiling it (nothing can be read before the plan).
+    skimage's float64 conversion was a quarter of it; then ufuncs over interleaved RGB (and a max over its short last
+    axis) took 0.16 s of a 1250 x 938 thumbnail, against 0.06 s on contiguous channel planes with one division.
     """
-    x = rgb[..., :3].astype(np.float32)
+    r, g, b = (np.array(rgb[..., c], dtype=np.float32) for c in range(3))
     if rgb.dtype == np.uint8:
-        x /= 255.0
-    r, g, b = x[..., 0], x[..., 1], x[..., 2]
-    high, low = x.max(axis=-1), x.min(axis=-1)
+        for x in (r, g, b):
+            x *= np.float32(1 / 255)
+    high, low = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)
     delta = high - low
-    safe = np.where(delta > 0, delta, 1.0)
-    hue = np.where(high == r, (g - b) / safe, np.where(high == g, 2.0 + (b - r) / safe, 4.0 + (r - g) / safe))
-    hue = np.where(delta > 0, (hue / 6.0) % 1.0, 0.0)
-    sat = np.where(high > 0, delta / np.where(high > 0, high, 1.0), 0.0)
-    return np.stack([hue, sat, high], axis=-1).astype(np.float32)
+    # The sector's offset (0, 2 or 4 in units of delta) plus the difference of the other two, over delta once.
+    hue = np.where(high == r, g - b, np.where(high == g, 2 * delta + (b - r), 4 * delta + (r - g)))
+    hue /= np.where(delta > 0, delta, np.float32(1))
+    hue *= np.float32(1 / 6)
+    hue %= 1.0
+    hue[delta == 0] = 0.0
+    sat = delta / np.where(high > 0, high, np.float32(1))
+    return np.stack([hue, sat, high], axis=-1)
 
 
 def _label_sizes(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -76,7 +80,8 @@ def remove_small_objects(mask: np.ndarray, max_size: int) -> np.ndarray:
 
 def is_dark_background(thumb_rgb: np.ndarray) -> bool:
     """True for a fluorescence or dark-field image: most of it is dark, where a brightfield slide's glass is white."""
-    return float(np.median(thumb_rgb[..., :3].max(axis=-1))) / 255 < DARK_BACKGROUND_VALUE
+    value = np.maximum(np.maximum(thumb_rgb[..., 0], thumb_rgb[..., 1]), thumb_rgb[..., 2])  # 5x max(axis=-1)
+    return float(np.median(value)) / 255 < DARK_BACKGROUND_VALUE
 
 
 def find_pen(hsv: np.ndarray, mpp: float = MASK_MPP) -> np.ndarray:
@@ -165,12 +170,17 @@ def fill_small_holes(mask: np.ndarray, max_size: int) -> np.ndarray:
     return mask | small[background]
 
 
-def close_disk(mask: np.ndarray, radius: float) -> np.ndarray:
-    """Morphological closing with a disk of `radius` pixels, through two Euclidean distance transforms.
+DISK_FOOTPRINT_MAX_RADIUS = 4.0  # up to here a disk footprint is faster than distance transforms (radius 2: 6x)
 
-    Linear in the image size whatever the radius, where a disk footprint costs radius^2 per pixel. The mask is
-    extended by edge replication first, so tissue running off the slide stays tissue up to the border while glass
-    near the border is not joined to it (padding with tissue would fill every bay within `radius` of the edge).
+
+def close_disk(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Morphological closing with the disk of pixels within `radius` of the centre.
+
+    Small radii (the usual 16 um at 8 um/px is 2 px) use the disk as a footprint. Larger ones use two Euclidean
+    distance transforms, which give the same result in time linear in the image whatever the radius, where a
+    footprint costs radius^2 per pixel. The mask is extended by edge replication first, so tissue running off the
+    slide stays tissue up to the border while glass near the border is not joined to it (padding with tissue would
+    fill every bay within `radius` of the edge).
     """
     from scipy import ndimage
 
@@ -178,10 +188,16 @@ def close_disk(mask: np.ndarray, radius: float) -> np.ndarray:
         return mask.copy()
     pad = math.ceil(radius) + 1
     padded = np.pad(mask, pad, mode="edge")
-    dilated = ndimage.distance_transform_edt(~padded) <= radius
-    if dilated.all():
-        return dilated[pad:-pad, pad:-pad]
-    return (ndimage.distance_transform_edt(dilated) > radius)[pad:-pad, pad:-pad]
+    if radius <= DISK_FOOTPRINT_MAX_RADIUS:
+        r = math.floor(radius)
+        y, x = np.mgrid[-r : r + 1, -r : r + 1]
+        disk = x * x + y * y <= radius * radius
+        # border_value=1: like the distance transform, erosion sees nothing beyond the (padded) edge.
+        closed = ndimage.binary_erosion(ndimage.binary_dilation(padded, disk), disk, border_value=1)
+    else:
+        dilated = ndimage.distance_transform_edt(~padded) <= radius
+        closed = dilated if dilated.all() else ndimage.distance_transform_edt(dilated) > radius
+    return closed[pad:-pad, pad:-pad]
 
 
 # Glass is bright and nearly grey: tinted glass reaches a saturation of ~0.08, pale H&E starts around 0.1-0.15.

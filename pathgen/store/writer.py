@@ -224,8 +224,15 @@ class PatchStoreWriter:
         self._root["images"][start : start + len(images)] = images
         self.mark_written(start, len(images))
 
-    def mark_written(self, start: int, count: int) -> None:
-        """Record that patches start..start+count-1 are on disk (written here, or by another process)."""
+    def mark_written(self, start: int, count: int, sync: bool = False) -> None:
+        """Record that patches start..start+count-1 are on disk (written here, or by another process).
+
+        sync: flush the Zarr shard another process wrote for them (`write_images_shard`) to disk now, while the
+        workers read on, rather than in close() with the rest: there, a 40k x 30k slide's 66 shards took ~0.2 s after
+        its last patch. close() still flushes everything, which costs little for what is already on disk.
+        """
+        if sync:
+            fsync_tree(shard_file(self.images_path, start, self.shard))
         self._written[start : start + count] = True
 
     def truncate(self, n: int, labels: np.ndarray | None = None) -> None:
@@ -297,6 +304,11 @@ class PatchStoreWriter:
             self.abort()
 
 
+def shard_file(images_path: str | Path, start: int, shard: int) -> Path:
+    """The file of the Zarr shard holding patch `start` (default chunk key encoding, "/" separated)."""
+    return Path(images_path, "c", str(start // shard), "0", "0", "0")
+
+
 def write_images_shard(
     images_path: str | Path, start: int, images: np.ndarray, shard: int, codec: PatchCodec = PatchCodec()
 ) -> None:
@@ -312,7 +324,7 @@ def write_images_shard(
     if start % shard or not 0 < len(images) <= shard:
         raise ValueError(f"a shard write needs start % {shard} == 0 and 1..{shard} patches, got {start}, {len(images)}")
     index = np.full((shard, 2), 2**64 - 1, dtype="<u8")  # all-ones marks an absent chunk
-    path = Path(images_path, "c", str(start // shard), "0", "0", "0")  # default chunk key encoding, "/" separated
+    path = shard_file(images_path, start, shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         offset = 0
