@@ -11,6 +11,9 @@ included on both sides), with the peak resident memory of its whole process tree
   tile -j2      the same with `--workers 2`
   openslide -j1 the same as tile -j1 with `--reader openslide --codec lossless`: the tiler before the fast path
   lossless -j1  the same as tile -j1 with `--codec lossless`
+  work x1/x2     the tiler's work without the tiler: the same patches read by regions and JPEG-encoded, a chunk at a
+                time, by 1 process, then by 2 independent processes taking every other chunk. Their ratio is this
+                machine's own 2-core scaling on that work, the ceiling for the tiler's 2-worker speed-up
   cohort -j1/-j2  tile -j1 and -j2 on a cohort of --cohort slides, each the same 40,000 x 30,000 slide under its own
                 name (hard links): a lab's run, where only the first slide's plan and the workers' start are serial
 The memory runs repeat `tile -j1` on a slide half as wide and high, to show peak RSS does not grow with size.
@@ -87,6 +90,25 @@ BARE_LOOP = textwrap.dedent(
             slide.read_region((int(x), int(y)), 0, (256, 256))
     """
 )
+READ_WORK = textwrap.dedent(
+    """
+    import sys, numpy as np
+    from pathgen.slide import open_slide, plan_patches
+    from pathgen.slide.grid import REGION_SIDE, read_patches
+    from pathgen.store.codecs import DEFAULT_CODEC, DEFAULT_QUALITY, PatchCodec
+    from pathgen.store.writer import shard_patches
+    coords, part, parts, step = np.load(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), shard_patches(256)
+    codec, batch = PatchCodec(DEFAULT_CODEC, DEFAULT_QUALITY), np.empty((step, 256, 256, 3), np.uint8)
+    with open_slide(sys.argv[1]) as slide:
+        plan = plan_patches(slide, 0.25, 256, np.ones((1, 1), bool), 1e9, 0.0)
+        for a in range(part * step, len(coords), parts * step):
+            chunk = coords[a : a + step]
+            read_patches(slide, plan, chunk, batch[: len(chunk)], REGION_SIDE)
+            for patch in batch[: len(chunk)]:
+                codec.encode(patch)
+    """
+)
+READ_WORK_PAIR = "import subprocess, sys; w = [subprocess.Popen([sys.executable, '-c', sys.argv[1], *sys.argv[2:], str(i), '2']) for i in (0, 1)]; sys.exit(max(p.wait() for p in w))"  # noqa: E501
 TIAToolbox_LOOP = textwrap.dedent(
     """
     import sys
@@ -195,6 +217,8 @@ def main() -> None:
 
         runs = {
             "bare": [sys.executable, "-c", BARE_LOOP, str(big), str(tmp / "coords.npy")],
+            "work_x1": [sys.executable, "-c", READ_WORK, str(big), str(tmp / "coords.npy"), "0", "1"],
+            "work_x2": [sys.executable, "-c", READ_WORK_PAIR, READ_WORK, str(big), str(tmp / "coords.npy")],
             "j1": tile_cmd(big, tmp / "j1", 1),
             "j2": tile_cmd(big, tmp / "j2", 2),
             "openslide": tile_cmd(big, tmp / "openslide", 1, "--reader", "openslide", "--codec", "lossless"),
@@ -203,7 +227,7 @@ def main() -> None:
         if args.cohort:
             slides = cohort_of(big, args.cohort, args.cache / f"cohort_{args.cohort}_{big.stem}")
             runs |= {f"cohort_j{j}": tile_cmd(slides, tmp / f"cohort_j{j}", j) for j in (1, 2)}
-        tiles = [k for k in runs if k != "bare"]
+        tiles = [k for k in runs if k != "bare" and not k.startswith("work")]
         # Each tile run first deletes the store its previous run wrote, so every timed run writes into page-cache
         # memory the kernel has just freed. One untimed run of each fills the memory first: on a VM, the first
         # touch of never-used guest memory is slow (here ~3 s more for whichever run wrote first).
@@ -252,6 +276,8 @@ def main() -> None:
     print(f"{'run':<44}{'seconds':>9}{'patches/s':>11}{'CPU s':>8}{'peak RSS GiB':>14}")
     labels = {
         "bare": "bare openslide read_region loop",
+        "work_x1": "the work alone, 1 process",
+        "work_x2": "the work alone, 2 processes",
         "j1": f"pathgen tile, 1 worker ({codec_name})",
         "j2": f"pathgen tile, 2 workers ({codec_name})",
         "openslide": "pathgen tile -j1 --reader openslide, lossless",
@@ -270,6 +296,7 @@ def main() -> None:
     if args.cohort:
         c1, c2 = med["cohort_j1"][0], med["cohort_j2"][0]
         print(f"  on a cohort of {args.cohort}:    {c1 / c2:.2f}x")
+    print(f"  the work alone, 2 processes vs 1: {med['work_x1'][0] / med['work_x2'][0]:.2f}x (this machine's ceiling)")
     print(f"1 worker vs old path:    {old_s / one_s:.2f}x wall, {old_cpu / one_cpu:.2f}x CPU-s (--reader openslide)")
     print(f"lossless vs {codec_name}, 1 worker: {med['lossless'][0] / one_s:.2f}x wall (> 1: {codec_name} is faster)")
     print(f"cores kept busy:         {one_cpu / one_s:.2f} (1 worker), {two_cpu / two_s:.2f} (2 workers), CPU s/wall s")

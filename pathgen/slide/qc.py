@@ -30,9 +30,8 @@ def _contours(draw, mask: np.ndarray, size: tuple[int, int], colour, width: int)
     sy, sx = th / mask.shape[0], tw / mask.shape[1]
     # Pad so contours close around regions touching the border.
     for contour in measure.find_contours(np.pad(mask.astype(np.uint8), 1), 0.5):
-        pts = [((c - 1 + 0.5) * sx, (r - 1 + 0.5) * sy) for r, c in contour]
-        if len(pts) > 1:
-            draw.line(pts, fill=colour, width=width)
+        if len(contour) > 1:  # (row, col) -> flat x0, y0, x1, y1, ...
+            draw.line(((contour[:, ::-1] - 0.5) * (sx, sy)).ravel().tolist(), fill=colour, width=width)
 
 
 def _outline_squares(rgb: np.ndarray, corners: np.ndarray, side: float, colour) -> None:
@@ -95,5 +94,4 @@ def render_qc(
         x, y = 4 + 90 * i, th + 3
         draw.rectangle([x, y, x + 9, y + 9], fill=colour)
         draw.text((x + 13, y - 1), label, fill=(0, 0, 0))
-    img = card
-    img.save(out_png)
+    card.save(out_png)
