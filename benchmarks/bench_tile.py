@@ -300,6 +300,9 @@ def main() -> None:
     print(f"1 worker vs old path:    {old_s / one_s:.2f}x wall, {old_cpu / one_cpu:.2f}x CPU-s (--reader openslide)")
     print(f"lossless vs {codec_name}, 1 worker: {med['lossless'][0] / one_s:.2f}x wall (> 1: {codec_name} is faster)")
     print(f"cores kept busy:         {one_cpu / one_s:.2f} (1 worker), {two_cpu / two_s:.2f} (2 workers), CPU s/wall s")
+    if args.cohort:  # steadier than the speed-up on a VM whose per-core speed drifts between runs
+        busy = [med[k][2] / med[k][0] for k in ("cohort_j1", "cohort_j2")]
+        print(f"  on the cohort:         {busy[0]:.2f} (1 worker), {busy[1]:.2f} (2 workers)")
     print(f"peak RSS, 1 worker:      {one_rss:.2f} GiB full slide vs {small_rss:.2f} GiB quarter-area slide (< 1.5)")
     print(f"peak RSS, 2 workers:     {two_rss:.2f} GiB (parent + workers)")
     print(f"fast vs old path, stored lossless patches: max |difference| {fast_vs_old:.0f} ({len(k)} patches compared)")
