@@ -300,7 +300,7 @@ def test_a_shard_written_by_another_process_is_synced_as_it_is_marked(tmp_path, 
     with PatchStoreWriter(tmp_path / "s.zarr", np.zeros((8, 2)), np.ones(8), 8, {}) as w:
         write_images_shard(w.images_path, 4, images[4:], w.shard)
         w.mark_written(4, 4, sync=True)
-        assert synced == [shard_file(w.images_path, 4, w.shard)] and synced[0].is_file()
+        assert synced == [shard_file(w.images_path, 4 // w.shard)] and synced[0].is_file()
         w.write(0, images[:4])  # written here, through Zarr: synced with the rest at close
         assert len(synced) == 1
     assert synced[-1] == w.tmp  # close() still flushes the whole store

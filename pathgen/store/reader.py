@@ -7,6 +7,7 @@ import numpy as np
 
 from pathgen.errors import StoreError
 from pathgen.store.codecs import PatchCodec
+from pathgen.store.writer import shard_file
 
 REQUIRED = ("coords", "tissue_fraction")
 ABSENT = 2**64 - 1  # a shard index entry for a chunk that was never written
@@ -76,7 +77,7 @@ class ShardedImages:
 
     def _file(self, k: int) -> str:
         if k not in self._files:
-            self._files[k] = os.path.join(self.path, "c", str(k), "0", "0", "0")
+            self._files[k] = str(shard_file(self.path, k))
         return self._files[k]
 
     def __getitem__(self, i: int) -> np.ndarray:

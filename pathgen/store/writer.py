@@ -232,7 +232,7 @@ class PatchStoreWriter:
         its last patch. close() still flushes everything, which costs little for what is already on disk.
         """
         if sync:
-            fsync_tree(shard_file(self.images_path, start, self.shard))
+            fsync_tree(shard_file(self.images_path, start // self.shard))
         self._written[start : start + count] = True
 
     def truncate(self, n: int, labels: np.ndarray | None = None) -> None:
@@ -304,9 +304,10 @@ class PatchStoreWriter:
             self.abort()
 
 
-def shard_file(images_path: str | Path, start: int, shard: int) -> Path:
-    """The file of the Zarr shard holding patch `start` (default chunk key encoding, "/" separated)."""
-    return Path(images_path, "c", str(start // shard), "0", "0", "0")
+def shard_file(images_path: str | Path, k: int) -> Path:
+    """The file of the images array's k-th Zarr shard (default chunk key encoding, "/" separated), for the
+    shard writer here and the fast shard reader (pathgen.store.reader) alike."""
+    return Path(images_path, "c", str(k), "0", "0", "0")
 
 
 def write_images_shard(
@@ -324,7 +325,7 @@ def write_images_shard(
     if start % shard or not 0 < len(images) <= shard:
         raise ValueError(f"a shard write needs start % {shard} == 0 and 1..{shard} patches, got {start}, {len(images)}")
     index = np.full((shard, 2), 2**64 - 1, dtype="<u8")  # all-ones marks an absent chunk
-    path = shard_file(images_path, start, shard)
+    path = shard_file(images_path, start // shard)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:
         offset = 0
