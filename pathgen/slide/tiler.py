@@ -155,8 +155,9 @@ FORKSERVER_PRELOAD = ("numpy", "PIL.Image", "scipy.ndimage", "skimage.filters")
 
 
 def warm_up() -> None:
-    """What every worker imports before its first task."""
-    import pathgen.slide.planning  # noqa: F401  (openslide, PIL, numpy, scikit-image)
+    """What every worker imports before its first task: pathgen's planning modules. The libraries under them come
+    with the forkserver's preload; OpenSlide and tifffile load when the worker first opens a slide."""
+    import pathgen.slide.planning  # noqa: F401
 
 
 def warm_up_parent(fmt: str) -> None:
